@@ -1,0 +1,165 @@
+"""The real Snakemake workflow on a temporary copy: a full run, then what each change reruns."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, small_config
+
+pytestmark = pytest.mark.workflow
+
+COPIED = ("Snakefile", "workflow", "mtlrepro", "envs", "config")
+METHODS = ("ew", "rlw", "rgw", "rlw+rgw")
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def scheduled(workdir: Path, *args: str) -> dict[str, set[str]]:
+    """Rule name -> outputs of the jobs a dry run would execute."""
+    result = snakemake(workdir, "-n", "--cores", "1", *args)
+    assert result.returncode == 0, result.stderr + result.stdout
+    jobs: dict[str, set[str]] = {}
+    rule = None
+    for line in (result.stdout + result.stderr).splitlines():
+        if match := re.match(r"^(?:local)?rule (\w+):$", line.strip()):
+            rule = match.group(1)
+            jobs.setdefault(rule, set())
+        elif rule and (match := re.match(r"^output: (.*)$", line.strip())):
+            jobs[rule].update(part.strip() for part in match.group(1).split(","))
+    return jobs
+
+
+@contextmanager
+def edited(path: Path):
+    """Append a comment to ``path`` (a real edit, newer than every output), then restore it."""
+    text, stat = path.read_text(), path.stat()
+    try:
+        path.write_text(text + "\n# edited\n")
+        os.utime(path, (time.time() + 5, time.time() + 5))
+        yield
+    finally:
+        path.write_text(text)
+        os.utime(path, (stat.st_atime, stat.st_mtime))
+
+
+def run_dirs(jobs: dict[str, set[str]]) -> set[str]:
+    """The run directories (method/noise/seed) of the scheduled train jobs."""
+    return {"/".join(Path(o).parts[4:7]) for o in jobs.get("train", set())}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A copy of the workflow with a small config, run to completion."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    for name in COPIED:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, workdir / name)
+    config = small_config(methods=METHODS, seeds=(0,), epochs=1)
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir
+
+
+def test_full_run_writes_runs_table_figure_and_logs(finished):
+    for method in METHODS:
+        assert (finished / f"results/runs/multi_digits/hps/{method}/clean/seed0/metrics.json").is_file()
+        assert (finished / f"results/logs/train/multi_digits/hps/{method}/clean/seed0.log").is_file()
+    table = (finished / "results/tables/small/summary.md").read_text()
+    assert "Stand-in" in table and "rlw+rgw" in table
+    for figure in ("test_accuracy.png", "test_accuracy.pdf"):
+        assert (finished / "results/figures/small" / figure).stat().st_size > 1000
+
+
+def test_nothing_changed_schedules_nothing(finished):
+    assert scheduled(finished) == {}
+
+
+def test_editing_a_method_module_reruns_only_its_runs(finished):
+    with edited(finished / "mtlrepro" / "weighting" / "rlw.py"):
+        jobs = scheduled(finished)
+    assert run_dirs(jobs) == {"rlw/clean/seed0", "rlw+rgw/clean/seed0"}
+    assert set(jobs) == {"train", "table", "figure", "all"}
+
+
+def test_changing_a_method_hyperparameter_reruns_only_its_runs(finished):
+    config = yaml.safe_load((finished / "config" / "config.yaml").read_text())
+    config["methods"]["rlw"]["distribution"] = "dirichlet"
+    (finished / "changed.yaml").write_text(yaml.safe_dump(config))
+    jobs = scheduled(finished, "--configfile", "changed.yaml")
+    assert run_dirs(jobs) == {"rlw/clean/seed0", "rlw+rgw/clean/seed0"}
+    assert "prepare_data" not in jobs
+
+
+def test_adding_a_seed_schedules_only_that_seed(finished):
+    config = yaml.safe_load((finished / "config" / "config.yaml").read_text())
+    config["studies"]["small"]["seeds"] = [0, 1]
+    (finished / "more_seeds.yaml").write_text(yaml.safe_dump(config))
+    jobs = scheduled(finished, "--configfile", "more_seeds.yaml")
+    assert run_dirs(jobs) == {f"{m}/clean/seed1" for m in METHODS}
+
+
+def test_editing_the_training_core_reruns_every_run(finished):
+    with edited(finished / "mtlrepro" / "train.py"):
+        jobs = scheduled(finished)
+    assert run_dirs(jobs) == {f"{m}/clean/seed0" for m in METHODS}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["studies"]["small"]["methods"].append("pcgradd"), "unknown method 'pcgradd'"),
+        (lambda c: c["studies"]["small"].update(dataset="nope"), "dataset 'nope' is unknown"),
+        (lambda c: c["studies"]["small"].update(seeds=["x"]), "seeds[0]: 'x' is not of type 'integer'"),
+        # --configfile merges into the default config, so a missing key needs a new study
+        (
+            lambda c: c["studies"].update(other={"dataset": "multi_digits", "seeds": [0]}),
+            "studies.other: 'methods' is a required property",
+        ),
+    ],
+)
+def test_bad_config_stops_before_any_job(finished, edit, message):
+    config = yaml.safe_load((finished / "config" / "config.yaml").read_text())
+    edit(config)
+    (finished / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(finished, "-n", "--cores", "1", "--configfile", "bad.yaml")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert message in output
+    assert "Traceback" not in output
+    assert "rule train" not in output
+
+
+def test_report_bundles_table_and_figure(finished):
+    result = snakemake(finished, "--report", "report.html")
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (finished / "report.html").read_text(errors="replace")
+    assert "summary.csv" in html and "test_accuracy.png" in html
+
+
+def test_lint_and_format_are_clean():
+    lint = snakemake(REPO, "--lint")
+    assert lint.returncode == 0 and "Congratulations" in lint.stdout + lint.stderr, lint.stdout + lint.stderr
+    fmt = subprocess.run(["snakefmt", "--check", "."], cwd=REPO, capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stderr
