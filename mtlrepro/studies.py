@@ -147,7 +147,8 @@ def expand(config: Mapping[str, Any]) -> dict[str, Study]:
         training = train.resolve_training(dataset_cfg.get("training"), f"datasets.{dataset}.training")
         methods = [parse_method(m, entries, f"{where}.methods[{i}]") for i, m in enumerate(study["methods"])]
         noises = [
-            check_noise(n, module.TASKS, f"{where}.noise[{i}]", dataset=dataset) for i, n in enumerate(study.get("noise") or [{}])
+            check_noise(n, module.TASKS, f"{where}.noise[{i}]", dataset=dataset)
+            for i, n in enumerate(study.get("noise") or [{}])
         ]
         runs = tuple(
             Run(dataset, arch, method, noise, seed, data_options, training)

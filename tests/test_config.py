@@ -5,10 +5,11 @@ import copy
 import pytest
 import yaml
 
-from conftest import REPO, small_config
 from mtlrepro.cli import main
 from mtlrepro.config import check_config
 from mtlrepro.errors import ConfigError
+
+from conftest import REPO, small_config
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 

@@ -4,11 +4,12 @@ import json
 
 import pytest
 
-from conftest import spec_for
 from mtlrepro import train as train_module
 from mtlrepro.cli import main
 from mtlrepro.errors import TrainingError
 from mtlrepro.train import CHECKPOINT_FILE, METRICS_FILE, train
+
+from conftest import spec_for
 
 
 def numbers(record: dict) -> dict:
@@ -95,7 +96,9 @@ def test_non_finite_loss_stops_with_a_clear_message_and_no_record(small_data, tm
 
 
 def test_missing_data_cache_names_the_file(tmp_path, capsys):
-    code = main(["train", "--spec", json.dumps(spec_for("ew")), "--data", str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
+    code = main(
+        ["train", "--spec", json.dumps(spec_for("ew")), "--data", str(tmp_path / "nope.pt"), "--out", str(tmp_path)]
+    )
     assert code == 1
     assert "nope.pt does not exist" in capsys.readouterr().err
 

@@ -77,8 +77,8 @@ def accuracy_curves(
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(tasks), sharey=True, squeeze=False)[0]
     colors = [f"C{i % 10}" for i in range(len(methods))]
-    for ax, task in zip(axes, tasks):
-        for method, color in zip(methods, colors):
+    for ax, task in zip(axes, tasks, strict=False):
+        for method, color in zip(methods, colors, strict=False):
             line = stats[(stats["method"] == method) & (stats["task"] == task)]
             if line.empty:
                 continue

@@ -191,7 +191,7 @@ def dataset_info(runs: Sequence[Mapping[str, Any]]) -> DatasetInfo:
     if not runs:
         raise DataError("no runs given")
     infos = [check_run(run, source(run)) for run in runs]
-    for run, info in zip(runs[1:], infos[1:]):
+    for run, info in zip(runs[1:], infos[1:], strict=False):
         _same_dataset(info, infos[0], source(run), source(runs[0]))
     return infos[0]
 
