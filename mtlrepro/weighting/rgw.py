@@ -9,12 +9,10 @@ second choice); the training loop guarantees that for every gradient aggregator.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import Tensor
 
 from mtlrepro.weighting.base import Aggregation, GradientAggregator
-from mtlrepro.weighting.random_weights import Distribution, sample_weights
+from mtlrepro.weighting.random_weights import RandomWeightOptions, sample_weights
 
 
 def weighted_sum(grads: Tensor, weights: Tensor) -> Tensor:
@@ -22,18 +20,11 @@ def weighted_sum(grads: Tensor, weights: Tensor) -> Tensor:
     return weights @ grads
 
 
-@dataclass(frozen=True)
-class RGWOptions:
-    """RGW hyperparameters; the default is the paper's choice (Sec. 3)."""
-
-    distribution: Distribution = "normal"
-
-
 class RGW(GradientAggregator):
     """Random gradient weights, freshly sampled every iteration (RW paper, Algorithm 1)."""
 
     name = "rgw"
-    Options = RGWOptions
+    Options = RandomWeightOptions
 
     def aggregate(self, grads: Tensor) -> Aggregation:
         weights = sample_weights(

@@ -10,26 +10,17 @@ those of Sec. 5.4 (see :mod:`mtlrepro.weighting.random_weights`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import Tensor
 
 from mtlrepro.weighting.base import LossWeighting
-from mtlrepro.weighting.random_weights import Distribution, sample_weights
-
-
-@dataclass(frozen=True)
-class RLWOptions:
-    """RLW hyperparameters; the default is the paper's choice (Sec. 3)."""
-
-    distribution: Distribution = "normal"
+from mtlrepro.weighting.random_weights import RandomWeightOptions, sample_weights
 
 
 class RLW(LossWeighting):
     """Random loss weights, freshly sampled every iteration (RW paper, Algorithm 1)."""
 
     name = "rlw"
-    Options = RLWOptions
+    Options = RandomWeightOptions
 
     def weights(self, losses: Tensor) -> Tensor:
         return sample_weights(
