@@ -40,8 +40,11 @@ def make_stepper(expression: str, model, tasks, device) -> Stepper:
 
 
 def reference_step(model, tasks, n_backward: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """Forward, then ``n_backward`` backward passes over the shared parameters (1 = plain loss sum)."""
-    shared = model.shared_parameters()
+    """Forward, then ``n_backward`` backward passes (1 = the plain loss sum, T = one per task).
+
+    The passes accumulate into ``.grad`` so that the optimizer step that follows
+    updates every parameter, as it does after a method's step.
+    """
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         outputs = model(x)
@@ -50,7 +53,7 @@ def reference_step(model, tasks, n_backward: int) -> Callable[[torch.Tensor, tor
             torch.stack(losses).sum().backward()
             return
         for t, loss in enumerate(losses):
-            torch.autograd.grad(loss, shared, retain_graph=t < len(losses) - 1)
+            loss.backward(retain_graph=t < len(losses) - 1)
 
     return step
 

@@ -226,7 +226,7 @@ class Stepper:
         else:
             offset = 0
             for p in self.shared:
-                p.grad = direction[offset : offset + p.numel()].view_as(p).clone()
+                p.grad = direction[offset : offset + p.numel()].view_as(p)
                 offset += p.numel()
         weights = None if aggregation.weights is None else aggregation.weights.detach()
         return losses.detach(), loss_weights, weights
