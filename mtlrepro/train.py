@@ -140,7 +140,7 @@ def evaluate(model: nn.Module, split: Split, tasks: Sequence[Task], device: torc
     model.eval()
     correct = torch.zeros(len(tasks), dtype=torch.long)
     for x, y in batches(split, batch_size):
-        outputs = model(_as_float(x).to(device))
+        outputs = model(_as_float(x.to(device)))
         for t, out in enumerate(outputs):
             correct[t] += correct_count(out.cpu(), y[:, t])
     model.train()
@@ -336,7 +336,8 @@ def train(
     train_seconds, iterations = 0.0, 0
     checkpoint_path = out_dir / CHECKPOINT_FILE
     if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=dev, weights_only=False)
+        # on the CPU: generator states must stay CPU byte tensors; load_state_dict moves the rest
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         if state.get("spec_hash") == spec_hash:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -362,7 +363,7 @@ def train(
             gw_sum = torch.zeros(len(tasks), dtype=torch.float64, device=dev)
             steps = 0
             for x, y in batches(train_split, options.batch_size, order):
-                x, y = _as_float(x).to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                x, y = _as_float(x.to(dev, non_blocking=True)), y.to(dev, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
                 losses, lw, gw = stepper.step(x, y)
                 optimizer.step()
