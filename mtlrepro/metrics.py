@@ -8,18 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
 from torch import Tensor
 
 HIGHER = "higher"
 LOWER = "lower"
-
-
-def accuracy(logits: Tensor, labels: Tensor) -> float:
-    """Top-1 accuracy of ``logits`` [N x C] against integer ``labels`` [N], in percent."""
-    if labels.numel() == 0:
-        raise ValueError("accuracy of an empty split is undefined")
-    return float((logits.argmax(dim=1) == labels).float().mean().item() * 100.0)
 
 
 def correct_count(logits: Tensor, labels: Tensor) -> int:
@@ -52,11 +44,3 @@ def delta_p(
             terms.append(sign * (method[task][name] - base) / base)
         per_task.append(sum(terms) / len(terms))
     return 100.0 * sum(per_task) / len(per_task)
-
-
-def mean_over_tasks(values: Mapping[str, Mapping[str, float]], metric: str) -> float:
-    """Average of one metric over every task that reports it (e.g. average accuracy)."""
-    picked = [m[metric] for m in values.values() if metric in m]
-    if not picked:
-        raise KeyError(f"no task reports metric {metric!r}")
-    return float(torch.tensor(picked, dtype=torch.float64).mean().item())

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtlrepro import metrics, train
+from mtlrepro import metrics, seeding, train
 from mtlrepro.archs import arch_class
 from mtlrepro.data import dataset_module, resolve_options
 from mtlrepro.data import noise as noise_module
@@ -86,6 +86,7 @@ class Run:
         core = [
             inspect.getfile(train),
             inspect.getfile(metrics),
+            inspect.getfile(seeding),
             inspect.getfile(noise_module),
             inspect.getfile(arch_class(self.arch)),
             inspect.getfile(encoder_class(encoder)),
@@ -106,16 +107,12 @@ class Study:
     arch: str
     runs: tuple[Run, ...]
 
-    @property
-    def stand_in(self) -> str | None:
-        return dataset_module(self.dataset).STAND_IN
-
 
 def dataset_sources(dataset: str) -> list[str]:
     """Code files a dataset's cache depends on: its module and the cache writer."""
     from mtlrepro import data
 
-    return sorted({inspect.getfile(dataset_module(dataset)), inspect.getfile(data)})
+    return sorted({inspect.getfile(dataset_module(dataset)), inspect.getfile(data), inspect.getfile(seeding)})
 
 
 def data_file(dataset: str) -> str:

@@ -21,7 +21,6 @@ One training step (RW paper, Algorithm 1):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.metadata
 import platform
 import resource
@@ -43,6 +42,7 @@ from mtlrepro.errors import ConfigError, TrainingError
 from mtlrepro.io import digest, save_torch_atomic, write_json_atomic
 from mtlrepro.metrics import HIGHER, correct_count
 from mtlrepro.options import build_options
+from mtlrepro.seeding import derive_seed
 from mtlrepro.weighting import MethodSpec, resolve_entry
 from mtlrepro.weighting.base import GradientAggregator, LossWeighting
 
@@ -89,11 +89,6 @@ class TrainingOptions:
 def resolve_training(values: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
     """Validate training options (naming the key ``where`` on error) and fill in defaults."""
     return dataclasses.asdict(build_options(TrainingOptions, values, where))
-
-
-def derive_seed(seed: int, purpose: str) -> int:
-    """An independent 63-bit seed for one purpose (init, shuffling, a method) of a run seed."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:8], "big") >> 1
 
 
 def pick_device(requested: str) -> torch.device:

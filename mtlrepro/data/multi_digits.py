@@ -39,6 +39,7 @@ from torch import Tensor
 
 from mtlrepro.data import SPLITS, Split, Task
 from mtlrepro.errors import DataError
+from mtlrepro.seeding import derive_seed
 
 NAME = "multi_digits"
 ENCODER = "lenet"
@@ -94,12 +95,6 @@ class Options:
             )
 
 
-def _derive_seed(seed: int, label: str, bits: int = 63) -> int:
-    """A deterministic seed of ``bits`` bits for the random stream ``label`` under ``seed``."""
-    raw = hashlib.sha256(f"{seed}:{label}".encode()).digest()
-    return int.from_bytes(raw[:8], "little") & ((1 << bits) - 1)
-
-
 def _sha256(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
@@ -126,13 +121,13 @@ def split_base(targets: np.ndarray, options: Options) -> dict[str, np.ndarray]:
             indices,
             test_size=options.test_fraction,
             stratify=targets,
-            random_state=_derive_seed(options.generation_seed, "split/test", bits=32),
+            random_state=derive_seed(options.generation_seed, "split/test", bits=32),
         )
         train, val = train_test_split(
             rest,
             test_size=val_of_rest,
             stratify=targets[rest],
-            random_state=_derive_seed(options.generation_seed, "split/val", bits=32),
+            random_state=derive_seed(options.generation_seed, "split/val", bits=32),
         )
     except ValueError as err:
         raise DataError(
@@ -219,7 +214,7 @@ def build(options: Options) -> dict[str, Split]:
     splits: dict[str, Split] = {}
     for split in SPLITS:
         pool = torch.from_numpy(pools[split])
-        generator = torch.Generator().manual_seed(_derive_seed(options.generation_seed, f"pairs/{split}"))
+        generator = torch.Generator().manual_seed(derive_seed(options.generation_seed, f"pairs/{split}"))
         first, second = draw_pairs(labels[pool], _n_pairs(options, split), generator)
         source = torch.stack([pool[first], pool[second]], dim=1)
         x = compose(digits[source[:, 0]], digits[source[:, 1]], options.canvas, options.shift)

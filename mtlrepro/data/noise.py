@@ -20,7 +20,6 @@ replacement labels.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -30,6 +29,7 @@ from torch import Tensor
 
 from mtlrepro.data import Task
 from mtlrepro.errors import ConfigError
+from mtlrepro.seeding import derive_seed
 
 
 def noise_label(noise: Mapping[str, float]) -> str:
@@ -71,12 +71,6 @@ def check_noise(
     return {name: float(noise[name]) for name in names if name in noise}
 
 
-def _task_seed(seed: int, task: str) -> int:
-    """A deterministic 63-bit seed for ``task``'s own random stream under ``seed``."""
-    raw = hashlib.sha256(f"{seed}:noise/{task}".encode()).digest()
-    return int.from_bytes(raw[:8], "little") & ((1 << 63) - 1)
-
-
 def n_selected(rate: float, n: int) -> int:
     """Number of examples corrupted at noise level ``rate`` among ``n``: ``round(rate * n)``."""
     return round(rate * n)
@@ -113,7 +107,7 @@ def corrupt_labels(
             continue
         rate = rates[task.name]
         k = n_selected(rate, n)
-        generator = torch.Generator().manual_seed(_task_seed(seed, task.name))
+        generator = torch.Generator().manual_seed(derive_seed(seed, f"noise/{task.name}"))
         order = torch.randperm(n, generator=generator)
         chosen = order[:k]
         column = y[:, t]

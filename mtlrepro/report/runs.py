@@ -21,8 +21,8 @@ import pandas as pd
 
 from mtlrepro.errors import DataError
 from mtlrepro.metrics import HIGHER, LOWER
+from mtlrepro.train import RUN_FORMAT
 
-RUN_FORMAT = "mtlrepro.run/1"
 SPLITS = ("val", "test")
 RUN_COLUMNS = ["method", "seed", "noise", "split", "task", "metric", "value"]
 CURVE_COLUMNS = ["method", "seed", "noise", "epoch", "split", "task", "metric", "value"]
