@@ -18,16 +18,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from mtlrepro import metrics, seeding, train
+from mtlrepro import seeding, train
 from mtlrepro.archs import arch_class
 from mtlrepro.data import dataset_module, resolve_options
-from mtlrepro.data import noise as noise_module
 from mtlrepro.data.noise import check_noise, noise_label
 from mtlrepro.errors import ConfigError
-from mtlrepro.models import encoder_class
 from mtlrepro.weighting import MethodSpec, parse_method
 
 RUNS_DIR = "results/runs"
@@ -81,20 +78,8 @@ class Run:
         }
 
     def sources(self) -> list[str]:
-        """Code files this run's numbers depend on: the method's modules and the training core."""
-        encoder = dataset_module(self.dataset).ENCODER
-        core = [
-            inspect.getfile(train),
-            inspect.getfile(metrics),
-            inspect.getfile(seeding),
-            inspect.getfile(noise_module),
-            inspect.getfile(arch_class(self.arch)),
-            inspect.getfile(encoder_class(encoder)),
-        ]
-        files = {str(Path(f)) for f in core}
-        for c in self.method.components:
-            files.update(str(p) for p in c.sources)
-        return sorted(files)
+        """Code files this run's numbers depend on (:func:`mtlrepro.train.code_files`)."""
+        return [str(path) for path in train.code_files(self.spec())]
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,12 @@ One training step (RW paper, Algorithm 1):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.metadata
+import inspect
 import platform
 import resource
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,12 +38,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from mtlrepro.archs import build_model
+import mtlrepro
+from mtlrepro import metrics, seeding
+from mtlrepro.archs import arch_class, build_model
 from mtlrepro.data import MTLData, Split, Task, dataset_module, load
+from mtlrepro.data import noise as noise_module
 from mtlrepro.data.noise import corrupt_labels
 from mtlrepro.errors import ConfigError, TrainingError
 from mtlrepro.io import digest, save_torch_atomic, write_json_atomic
 from mtlrepro.metrics import HIGHER, correct_count
+from mtlrepro.models import encoder_class
 from mtlrepro.options import build_options
 from mtlrepro.seeding import derive_seed
 from mtlrepro.weighting import MethodSpec, resolve_entry
@@ -239,6 +246,39 @@ def build_method(spec: Mapping[str, Any]) -> MethodSpec:
     return MethodSpec(expression=spec["method"]["expression"], loss=components["loss"], gradient=components["gradient"])
 
 
+def code_files(spec: Mapping[str, Any]) -> list[Path]:
+    """The code files a run's numbers depend on.
+
+    The training core (this module, metrics, seeding, label noise), the run's
+    architecture and encoder modules, and its method's modules. The workflow
+    declares them as inputs of the run's job; :func:`run_provenance` hashes them.
+    """
+    encoder = dataset_module(spec["dataset"]).ENCODER
+    core = (sys.modules[__name__], metrics, seeding, noise_module, arch_class(spec["arch"]), encoder_class(encoder))
+    files = {Path(inspect.getfile(obj)) for obj in core}
+    for component in build_method(spec).components:
+        files.update(component.sources)
+    return sorted(files)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def run_provenance(spec: Mapping[str, Any], data_path: str | Path) -> dict[str, Any]:
+    """What a run's numbers are a function of: its spec, its data cache and its code, as hashes.
+
+    A checkpoint is resumed only under an equal provenance, so a job that is
+    rerun because its method's code or its data changed trains from scratch,
+    while a killed job resumes.
+    """
+    package = Path(inspect.getfile(mtlrepro)).parent
+    code = {str(path.relative_to(package)): file_sha256(path) for path in code_files(spec)}
+    return {"spec_hash": digest(spec), "data_sha256": file_sha256(data_path), "code_sha256": code}
+
+
 def _generator(seed: int, purpose: str, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(derive_seed(seed, purpose))
 
@@ -297,7 +337,6 @@ def train(
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec_hash = digest(spec)
     seed = int(spec["seed"])
     options = build_options(TrainingOptions, spec["training"], "training")
     dev = pick_device(device)
@@ -307,6 +346,8 @@ def train(
 
     # data: the prepared cache, with the study's label noise on the training split only
     data: MTLData = load(spec["dataset"], data_path)
+    provenance = run_provenance(spec, data_path)
+    run_hash = digest(provenance)
     tasks = data.tasks
     train_split = data.splits["train"]
     noise_record = {}
@@ -326,20 +367,21 @@ def train(
     stepper = Stepper(model, tasks, loss_weighting, aggregator, options)  # type: ignore[arg-type]
     optimizer = make_optimizer(model, options)
 
-    # resume: only from a checkpoint of this very spec
+    # resume: only from a checkpoint of this very spec, data and code
     history: list[dict[str, Any]] = []
     train_seconds, iterations = 0.0, 0
     checkpoint_path = out_dir / CHECKPOINT_FILE
     if checkpoint_path.is_file():
         # on the CPU: generator states must stay CPU byte tensors; load_state_dict moves the rest
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        if state.get("spec_hash") == spec_hash:
+        if state.get("run_hash") == run_hash:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             for m, s in zip((loss_weighting, aggregator), state["methods"], strict=True):
                 if m is not None:
                     m.load_state_dict(s)
             history, train_seconds, iterations = state["history"], state["train_seconds"], state["iterations"]
+    resumed_from = len(history)
 
     # loop
     n_batches = -(-len(train_split) // options.batch_size)
@@ -398,7 +440,7 @@ def train(
             save_torch_atomic(
                 checkpoint_path,
                 {
-                    "spec_hash": spec_hash,
+                    "run_hash": run_hash,
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "methods": [None if m is None else m.state_dict() for m in (loss_weighting, aggregator)],
@@ -426,7 +468,8 @@ def train(
             "dir": str(out_dir),
         },
         "spec": dict(spec),
-        "spec_hash": spec_hash,
+        "spec_hash": provenance["spec_hash"],
+        "provenance": provenance | {"run_hash": run_hash, "resumed_from_epoch": resumed_from},
         "dataset": {
             "name": data.name,
             "stand_in": data.stand_in,

@@ -5,11 +5,12 @@ import json
 import pytest
 
 from mtlrepro.cli import main
+from mtlrepro.data import prepare
 from mtlrepro.errors import TrainingError
 from mtlrepro.seeding import derive_seed
-from mtlrepro.train import CHECKPOINT_FILE, METRICS_FILE, train
+from mtlrepro.train import CHECKPOINT_FILE, METRICS_FILE, code_files, file_sha256, run_provenance, train
 
-from conftest import spec_for
+from conftest import SMALL_DATA, spec_for
 
 
 def numbers(record: dict) -> dict:
@@ -65,6 +66,8 @@ def test_killed_run_resumes_to_the_same_numbers(small_data, tmp_path, monkeypatc
     seen = []
     resumed = train(spec, small_data, tmp_path / "resumed", progress=False, on_checkpoint=seen.append)
     assert seen == [2]  # epoch 1 came from the checkpoint
+    assert resumed["provenance"]["resumed_from_epoch"] == 1
+    assert straight["provenance"]["resumed_from_epoch"] == 0
     assert numbers(resumed) == numbers(straight)
 
 
@@ -73,6 +76,29 @@ def test_checkpoint_of_another_spec_is_ignored(small_data, tmp_path):
     seen = []
     train(spec_for("ew", lr=0.02), small_data, tmp_path / "run", progress=False, on_checkpoint=seen.append)
     assert seen == [1, 2]
+
+
+def test_checkpoint_made_from_other_data_is_ignored(small_data, tmp_path):
+    # A rerun caused by new data (or new code) must train from scratch, not resume a finished run.
+    spec = spec_for("ew")
+    train(spec, small_data, tmp_path / "run", progress=False)
+    other_data = prepare("multi_digits", {**SMALL_DATA, "generation_seed": 1}, tmp_path / "other.pt")
+    seen = []
+    again = train(spec, other_data, tmp_path / "run", progress=False, on_checkpoint=seen.append)
+    assert seen == [1, 2]
+    assert again["provenance"]["resumed_from_epoch"] == 0
+
+
+def test_provenance_hashes_the_code_the_run_depends_on(small_data, tmp_path):
+    spec = spec_for("rlw+rgw")
+    files = {p.name for p in code_files(spec)}
+    assert {"train.py", "rlw.py", "rgw.py", "random_weights.py", "hps.py", "lenet.py", "seeding.py"} <= files
+    assert "ew.py" not in files
+    provenance = run_provenance(spec, small_data)
+    assert provenance["code_sha256"]["weighting/rlw.py"] == file_sha256(
+        next(p for p in code_files(spec) if p.name == "rlw.py")
+    )
+    assert provenance["data_sha256"] == file_sha256(small_data)
 
 
 def test_label_noise_is_recorded_and_changes_training(small_data, tmp_path):

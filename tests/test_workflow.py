@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -124,6 +125,19 @@ def test_editing_the_training_core_reruns_every_run(finished):
     with edited(finished / "mtlrepro" / "train.py"):
         jobs = scheduled(finished)
     assert run_dirs(jobs) == {f"{m}/clean/seed0" for m in METHODS}
+
+
+def test_rerun_after_a_method_edit_trains_from_scratch(finished):
+    # The finished run's checkpoint must not be resumed once its method's code changed.
+    target = "results/runs/multi_digits/hps/rlw/clean/seed0/metrics.json"
+    before = json.loads((finished / target).read_text())["provenance"]
+    with edited(finished / "mtlrepro" / "weighting" / "rlw.py"):
+        result = snakemake(finished, "--cores", "2", target)
+        assert result.returncode == 0, result.stderr[-3000:]
+    after = json.loads((finished / target).read_text())["provenance"]
+    assert after["resumed_from_epoch"] == 0
+    assert after["code_sha256"]["weighting/rlw.py"] != before["code_sha256"]["weighting/rlw.py"]
+    assert after["code_sha256"]["train.py"] == before["code_sha256"]["train.py"]
 
 
 @pytest.mark.parametrize(
