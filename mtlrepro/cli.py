@@ -75,10 +75,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from mtlrepro.run import RunSpec
     from mtlrepro.train import train
 
     result = train(
-        _json_arg(args.spec),
+        RunSpec.from_json(_json_arg(args.spec)),
         args.data,
         args.out,
         device=args.device,

@@ -7,10 +7,10 @@ identifies it (DESIGN "The run: the unit of work")::
 
     results/runs/{dataset}/{arch}/{method}/{noise}/seed{seed}/
 
-and its *spec* (:meth:`Run.spec`) holds every hyperparameter that can change
-its numbers. The workflow passes the spec as key-sorted JSON in ``params`` and
-declares :meth:`Run.sources` as inputs, so that Snakemake reruns a run exactly
-when its spec or the code it runs changes.
+and its :class:`~mtlrepro.run.RunSpec` holds every hyperparameter that can
+change its numbers. The workflow passes the spec as key-sorted JSON in
+``params`` and declares :func:`run_sources` as inputs, so that Snakemake reruns
+a run exactly when its spec or the code it runs changes.
 """
 
 from __future__ import annotations
@@ -20,66 +20,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mtlrepro import seeding, train
+from mtlrepro import seeding
 from mtlrepro.archs import arch_class
 from mtlrepro.data import dataset_module, resolve_options
-from mtlrepro.data.noise import check_noise, noise_label
+from mtlrepro.data.noise import check_noise
 from mtlrepro.errors import ConfigError
-from mtlrepro.weighting import MethodSpec, parse_method
+from mtlrepro.run import MethodRef, RunSpec, code_files, resolve_training
+from mtlrepro.weighting import Component, MethodSpec, parse_method
 
-RUNS_DIR = "results/runs"
 DATA_DIR = "resources/data"
 
 
-@dataclass(frozen=True)
-class Run:
-    """One training run of a study."""
+def method_ref(component: Component | None) -> MethodRef | None:
+    """The run-spec form of a resolved method entry."""
+    if component is None:
+        return None
+    return MethodRef(entry=component.entry, weighting=component.cls.name, options=dict(component.options))
 
-    dataset: str
-    arch: str
-    method: MethodSpec
-    noise: Mapping[str, float]
-    seed: int
-    data_options: Mapping[str, Any]
-    training: Mapping[str, Any]
 
-    @property
-    def noise_label(self) -> str:
-        return noise_label(self.noise)
-
-    @property
-    def directory(self) -> str:
-        """``results/runs/{dataset}/{arch}/{method}/{noise}/seed{seed}``."""
-        return f"{RUNS_DIR}/{self.dataset}/{self.arch}/{self.method.expression}/{self.noise_label}/seed{self.seed}"
-
-    @property
-    def metrics_file(self) -> str:
-        return f"{self.directory}/{train.METRICS_FILE}"
-
-    def spec(self) -> dict[str, Any]:
-        """Everything that determines this run's numbers, as plain JSON-able data."""
-
-        def component(c: Any) -> dict[str, Any] | None:
-            return None if c is None else {"entry": c.entry, "config": {"weighting": c.cls.name, **c.options}}
-
-        return {
-            "dataset": self.dataset,
-            "arch": self.arch,
-            "method": {
-                "expression": self.method.expression,
-                "loss": component(self.method.loss),
-                "gradient": component(self.method.gradient),
-            },
-            "noise": dict(self.noise),
-            "noise_label": self.noise_label,
-            "seed": self.seed,
-            "data_options": dict(self.data_options),
-            "training": dict(self.training),
-        }
-
-    def sources(self) -> list[str]:
-        """Code files this run's numbers depend on (:func:`mtlrepro.train.code_files`)."""
-        return [str(path) for path in train.code_files(self.spec())]
+def run_sources(spec: RunSpec) -> list[str]:
+    """Code files a run's numbers depend on (:func:`mtlrepro.run.code_files`), as strings for the workflow."""
+    return [str(path) for path in code_files(spec)]
 
 
 @dataclass(frozen=True)
@@ -90,7 +51,7 @@ class Study:
     title: str
     dataset: str
     arch: str
-    runs: tuple[Run, ...]
+    runs: tuple[RunSpec, ...]
 
 
 def dataset_sources(dataset: str) -> list[str]:
@@ -103,6 +64,18 @@ def dataset_sources(dataset: str) -> list[str]:
 def data_file(dataset: str) -> str:
     """The tensor cache of a prepared dataset."""
     return f"{DATA_DIR}/{dataset}.pt"
+
+
+def check_arch_supports(method: MethodSpec, arch: str, where: str) -> None:
+    """Refuse representation gradients on an architecture whose heads do not share one representation."""
+    gradient = method.gradient
+    if gradient is None or gradient.options.get("grad_wrt") != "representation":
+        return
+    if not getattr(arch_class(arch), "has_shared_representation", False):
+        raise ConfigError(
+            f"{where}: {method.expression!r} asks for representation gradients (methods.{gradient.entry}.grad_wrt), "
+            f"but architecture {arch!r} has no single representation shared by all task heads"
+        )
 
 
 def expand(config: Mapping[str, Any]) -> dict[str, Study]:
@@ -126,14 +99,28 @@ def expand(config: Mapping[str, Any]) -> dict[str, Study]:
             raise ConfigError(f"{where}.arch: {err}") from None
         dataset_cfg = datasets_cfg.get(dataset) or {}
         data_options = resolve_options(dataset, dataset_cfg.get("options"))
-        training = train.resolve_training(dataset_cfg.get("training"), f"datasets.{dataset}.training")
-        methods = [parse_method(m, entries, f"{where}.methods[{i}]") for i, m in enumerate(study["methods"])]
+        training = resolve_training(dataset_cfg.get("training"), f"datasets.{dataset}.training")
+        methods = []
+        for i, expression in enumerate(study["methods"]):
+            method = parse_method(expression, entries, f"{where}.methods[{i}]")
+            check_arch_supports(method, arch, f"{where}.methods[{i}]")
+            methods.append(method)
         noises = [
             check_noise(n, module.TASKS, f"{where}.noise[{i}]", dataset=dataset)
             for i, n in enumerate(study.get("noise") or [{}])
         ]
         runs = tuple(
-            Run(dataset, arch, method, noise, seed, data_options, training)
+            RunSpec(
+                dataset=dataset,
+                arch=arch,
+                method=method.expression,
+                loss=method_ref(method.loss),
+                gradient=method_ref(method.gradient),
+                seed=seed,
+                noise=dict(noise),
+                data_options=data_options,
+                training=training,
+            )
             for noise in noises
             for method in methods
             for seed in study["seeds"]
@@ -142,12 +129,12 @@ def expand(config: Mapping[str, Any]) -> dict[str, Study]:
     return studies
 
 
-def runs_by_directory(studies: Mapping[str, Study]) -> dict[str, Run]:
+def runs_by_directory(studies: Mapping[str, Study]) -> dict[str, RunSpec]:
     """Every distinct run of every study, keyed by its directory (studies may share runs)."""
-    found: dict[str, Run] = {}
+    found: dict[str, RunSpec] = {}
     for study in studies.values():
         for run in study.runs:
-            if run.directory in found and found[run.directory].spec() != run.spec():
+            if run.directory in found and found[run.directory] != run:
                 raise ConfigError(f"studies.{study.name}: run {run.directory} is defined twice with different specs")
             found[run.directory] = run
     return found

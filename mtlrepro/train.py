@@ -1,101 +1,39 @@
 """Train one run: data, model, method, loop, evaluation, checkpoint, record.
 
-A run is fully described by its *spec* (see :mod:`mtlrepro.studies`): dataset,
-architecture, method, label noise, seed and hyperparameters. :func:`train`
+A run is fully described by its :class:`~mtlrepro.run.RunSpec`. :func:`train`
 reads the prepared dataset cache, trains, evaluates every epoch, checkpoints
 every epoch (so a killed job resumes where it stopped) and, as its last act,
-writes ``metrics.json`` atomically into the run directory.
-
-One training step (RW paper, Algorithm 1):
-
-* loss weighting only (EW, RLW): minimise ``sum_t lambda_t l_t``; every
-  parameter sees the weights;
-* gradient aggregation (RGW, ...): the per-task gradients of the shared
-  parameters theta are written into one preallocated matrix ``G`` [T x D] on
-  the model's device, the aggregator turns ``G`` into theta's update direction,
-  and each head psi_t gets its own gradient ``grad_psi_t l_t``;
-* a combination ``loss+grad`` does both: row t of ``G`` and head t's gradient
-  come from the weighted loss ``lambda_t l_t``.
+writes ``metrics.json`` atomically into the run directory. What one update
+does -- per-task gradients, where the weights act -- is :mod:`mtlrepro.step`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import importlib.metadata
-import inspect
 import platform
 import resource
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-import mtlrepro
-from mtlrepro import metrics, seeding
-from mtlrepro.archs import arch_class, build_model
+from mtlrepro.archs import build_model
 from mtlrepro.data import MTLData, Split, Task, dataset_module, load
-from mtlrepro.data import noise as noise_module
 from mtlrepro.data.noise import corrupt_labels
 from mtlrepro.errors import ConfigError, TrainingError
 from mtlrepro.io import digest, save_torch_atomic, write_json_atomic
 from mtlrepro.metrics import HIGHER, correct_count
-from mtlrepro.models import encoder_class
-from mtlrepro.options import build_options
+from mtlrepro.run import CHECKPOINT_FILE, METRICS_FILE, RUN_FORMAT, RunSpec, TrainingOptions, run_provenance
 from mtlrepro.seeding import derive_seed
-from mtlrepro.weighting import MethodSpec, resolve_entry
-from mtlrepro.weighting.base import GradientAggregator, LossWeighting
-
-RUN_FORMAT = "mtlrepro.run/1"
-METRICS_FILE = "metrics.json"
-CHECKPOINT_FILE = "checkpoint.pt"
-
-
-@dataclass(frozen=True)
-class TrainingOptions:
-    """Optimisation hyperparameters; defaults are the RW paper's Multi-MNIST setting (Sec. 5.1).
-
-    ``weight_sum``: loss weights on the simplex (``one``, the paper's Eq. 1 with
-    EW at 1/T) or scaled to sum to T (``tasks``, as in LibMTL's EW).
-    ``grad_wrt``: gradient aggregators see per-task gradients of the shared
-    parameters (``params``, Algorithm 1) or of the shared representation z
-    (``representation``, the cheaper variant of Sec. 3).
-    ``selection``: report the epoch with the best validation score (mean over
-    tasks of each task's first metric, sign-adjusted) or the last epoch.
-    ``noise_seed``: seed of the label corruption, shared by every method and
-    seed of a study so that all of them see the same noisy labels.
-    """
-
-    epochs: int = 100
-    batch_size: int = 256
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    weight_sum: Literal["one", "tasks"] = "one"
-    grad_wrt: Literal["params", "representation"] = "params"
-    selection: Literal["best_val", "last"] = "best_val"
-    eval_batch_size: int = 1024
-    noise_seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-
-
-def resolve_training(values: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
-    """Validate training options (naming the key ``where`` on error) and fill in defaults."""
-    return dataclasses.asdict(build_options(TrainingOptions, values, where))
+from mtlrepro.step import Stepper, StepResult
+from mtlrepro.weighting import build_stage
+from mtlrepro.weighting.base import Method, Need, SetupInfo
 
 
 def pick_device(requested: str) -> torch.device:
@@ -121,6 +59,49 @@ def batches(split: Split, batch_size: int, order: Tensor | None = None) -> Itera
     for start in range(0, n, batch_size):
         take = index[start : start + batch_size]
         yield split.x[take], split.y[take]
+
+
+def held_out_slice(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Disjoint (train, held-out) index sets of a training split of size ``n``: a seeded random ``fraction``.
+
+    The held-out part feeds bilevel methods (MOML) and is never the test split;
+    ExcessMTL Sec. 4.3 takes 20% of the training data.
+    """
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, "held_out")))
+    size = max(1, round(fraction * n))
+    return order[size:].sort().values, order[:size].sort().values
+
+
+@dataclass
+class RunData:
+    """The splits one run trains and evaluates on, after label noise and the held-out slice."""
+
+    data: MTLData
+    train: Split
+    held_out: Split | None
+    noise: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_run_data(spec: RunSpec, data_path: str | Path, held_out: tuple[float, str] | None) -> RunData:
+    """Load the cache, corrupt the training labels (train split only), and carve the held-out slice.
+
+    ``held_out`` is (fraction, ``clean``/``noisy``) when a method needs one: its
+    examples leave the training set and keep their clean or noisy labels.
+    """
+    data = load(spec.dataset, data_path)
+    train = data.splits["train"]
+    clean_y, noise_record = train.y, {}
+    if any(rate > 0 for rate in spec.noise.values()):
+        noisy_y, noise_record = corrupt_labels(train.y, data.tasks, spec.noise, seed=spec.training.noise_seed)
+        train = Split(x=train.x, y=noisy_y, source=train.source)
+    held = None
+    if held_out is not None:
+        fraction, labels = held_out
+        keep, hold = held_out_slice(len(train), fraction, spec.seed)
+        y_held = (clean_y if labels == "clean" else train.y)[hold]
+        held = Split(x=train.x[hold], y=y_held, source=None if train.source is None else train.source[hold])
+        train = Split(x=train.x[keep], y=train.y[keep], source=None if train.source is None else train.source[keep])
+    return RunData(data=data, train=train, held_out=held, noise=noise_record)
 
 
 # --------------------------------------------------------------------------- losses and metrics
@@ -159,137 +140,53 @@ def selection_score(metrics: Mapping[str, Mapping[str, float]], tasks: Sequence[
     return sum(scores) / len(scores)
 
 
-# --------------------------------------------------------------------------- one step
-
-
-class Stepper:
-    """Computes and applies one update for a model under a loss weighting and/or aggregator."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        tasks: Sequence[Task],
-        loss_weighting: LossWeighting | None,
-        aggregator: GradientAggregator | None,
-        options: TrainingOptions,
-    ) -> None:
-        self.model = model
-        self.tasks = tasks
-        self.n_tasks = len(tasks)
-        self.loss_weighting = loss_weighting
-        self.aggregator = aggregator
-        self.options = options
-        self.shared = model.shared_parameters()
-        self.heads = [model.task_parameters(t) for t in range(self.n_tasks)]
-        self._grads: Tensor | None = None  # preallocated G [T x D], reused every step
-
-    def _matrix(self, width: int, like: Tensor) -> Tensor:
-        if self._grads is None or self._grads.shape[1] != width:
-            self._grads = torch.empty(self.n_tasks, width, dtype=like.dtype, device=like.device)
-        return self._grads
-
-    def step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """Set every parameter's ``.grad`` for batch (x, y); return losses, loss and gradient weights."""
-        z = self.model.encode(x)
-        if self.aggregator is not None and self.options.grad_wrt == "representation":
-            z_in = z.detach().requires_grad_(True)
-        else:
-            z_in = z
-        losses = task_losses(self.model.decode(z_in), y, self.tasks)
-
-        loss_weights = None
-        weighted = losses
-        if self.loss_weighting is not None:
-            loss_weights = self.loss_weighting.weights(losses).detach()
-            if self.options.weight_sum == "tasks":
-                loss_weights = loss_weights * self.n_tasks
-            weighted = losses * loss_weights
-
-        if self.aggregator is None:
-            weighted.sum().backward()
-            return losses.detach(), loss_weights, None
-
-        wrt = [z_in] if self.options.grad_wrt == "representation" else self.shared
-        width = sum(p.numel() for p in wrt)
-        grads = self._matrix(width, weighted)
-        for t in range(self.n_tasks):
-            inputs = [*wrt, *self.heads[t]]
-            task_grads = torch.autograd.grad(weighted[t], inputs, retain_graph=t < self.n_tasks - 1)
-            offset = 0
-            for g in task_grads[: len(wrt)]:
-                grads[t, offset : offset + g.numel()].copy_(g.reshape(-1))
-                offset += g.numel()
-            for p, g in zip(self.heads[t], task_grads[len(wrt) :], strict=True):
-                p.grad = g
-        aggregation = self.aggregator.aggregate(grads)
-        direction = aggregation.direction
-        if self.options.grad_wrt == "representation":
-            z.backward(direction.view_as(z))
-        else:
-            offset = 0
-            for p in self.shared:
-                p.grad = direction[offset : offset + p.numel()].view_as(p)
-                offset += p.numel()
-        weights = None if aggregation.weights is None else aggregation.weights.detach()
-        return losses.detach(), loss_weights, weights
-
-
-# --------------------------------------------------------------------------- run assembly
-
-
-def build_method(spec: Mapping[str, Any]) -> MethodSpec:
-    """Rebuild the :class:`MethodSpec` recorded in a run spec."""
-    components = {}
-    for kind in ("loss", "gradient"):
-        entry = spec["method"].get(kind)
-        components[kind] = None if entry is None else resolve_entry(entry["entry"], entry["config"])
-    return MethodSpec(expression=spec["method"]["expression"], loss=components["loss"], gradient=components["gradient"])
-
-
-def code_files(spec: Mapping[str, Any]) -> list[Path]:
-    """The code files a run's numbers depend on.
-
-    The training core (this module, metrics, seeding, label noise), the run's
-    architecture and encoder modules, and its method's modules. The workflow
-    declares them as inputs of the run's job; :func:`run_provenance` hashes them.
-    """
-    encoder = dataset_module(spec["dataset"]).ENCODER
-    core = (sys.modules[__name__], metrics, seeding, noise_module, arch_class(spec["arch"]), encoder_class(encoder))
-    files = {Path(inspect.getfile(obj)) for obj in core}
-    for component in build_method(spec).components:
-        files.update(component.sources)
-    return sorted(files)
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def run_provenance(spec: Mapping[str, Any], data_path: str | Path) -> dict[str, Any]:
-    """What a run's numbers are a function of: its spec, its data cache and its code, as hashes.
-
-    A checkpoint is resumed only under an equal provenance, so a job that is
-    rerun because its method's code or its data changed trains from scratch,
-    while a killed job resumes.
-    """
-    package = Path(inspect.getfile(mtlrepro)).parent
-    code = {str(path.relative_to(package)): file_sha256(path) for path in code_files(spec)}
-    return {"spec_hash": digest(spec), "data_sha256": file_sha256(data_path), "code_sha256": code}
+# --------------------------------------------------------------------------- assembly
 
 
 def _generator(seed: int, purpose: str, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(derive_seed(seed, purpose))
 
 
-def make_optimizer(model: nn.Module, options: TrainingOptions) -> torch.optim.Optimizer:
-    """SGD with momentum or Adam, as the dataset's setting asks."""
+def build_methods(spec: RunSpec, n_tasks: int, device: torch.device) -> tuple[Method | None, Method | None]:
+    """The run's loss weighting and gradient aggregator (either may be None), each with its own generator."""
+    loss = None if spec.loss is None else build_stage(spec.loss, n_tasks, _generator(spec.seed, "loss", device))
+    grad = None if spec.gradient is None else build_stage(spec.gradient, n_tasks, _generator(spec.seed, "grad", device))
+    return loss, grad
+
+
+def held_out_request(methods: Sequence[Method]) -> tuple[float, str] | None:
+    """(fraction, labels) of the held-out slice some method needs, or None."""
+    for method in methods:
+        if Need.HELD_OUT in method.needs:
+            return float(method.options.held_out_fraction), str(method.options.held_out_labels)
+    return None
+
+
+def make_optimizer(model: nn.Module, methods: Sequence[Method], options: TrainingOptions) -> torch.optim.Optimizer:
+    """SGD with momentum or Adam over the model; each method's own parameters in their own group.
+
+    A method's parameters train with the method's learning rate and no weight
+    decay, never inheriting the model's by accident.
+    """
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    for method in methods:
+        own = list(method.parameters())
+        if own:
+            groups.append({"params": own, "lr": method.lr, "weight_decay": 0.0})
     if options.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay
-        )
-    return torch.optim.Adam(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+        return torch.optim.SGD(groups, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay)
+    return torch.optim.Adam(groups, lr=options.lr, weight_decay=options.weight_decay)
+
+
+class HeldOutSampler:
+    """Random batches of the held-out slice, from a generator whose state the checkpoint keeps."""
+
+    def __init__(self, split: Split, batch_size: int, generator: torch.Generator, device: torch.device) -> None:
+        self.split, self.batch_size, self.generator, self.device = split, batch_size, generator, device
+
+    def __call__(self) -> tuple[Tensor, Tensor]:
+        take = torch.randperm(len(self.split), generator=self.generator)[: self.batch_size]
+        return _as_float(self.split.x[take].to(self.device)), self.split.y[take].to(self.device)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -320,11 +217,30 @@ def _by_task(values: Tensor | None, tasks: Sequence[Task]) -> dict[str, float] |
     return {task.name: float(v) for task, v in zip(tasks, values.tolist(), strict=True)}
 
 
+class EpochSums:
+    """Device-side running sums of one epoch's step results (no host sync until the epoch ends)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.sums: dict[str, Tensor] = {}
+
+    def add(self, result: StepResult) -> None:
+        self.steps += 1
+        values = {"loss": result.losses, "loss_weights": result.loss_weights, "grad_weights": result.grad_weights}
+        for key, value in (values | result.diagnostics).items():
+            if value is not None:
+                value = value.detach().double()
+                self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+
+    def mean(self, key: str) -> Tensor | None:
+        return None if key not in self.sums else (self.sums[key] / self.steps).cpu()
+
+
 # --------------------------------------------------------------------------- the run
 
 
 def train(
-    spec: Mapping[str, Any],
+    spec: RunSpec,
     data_path: str | Path,
     out_dir: str | Path,
     *,
@@ -337,100 +253,106 @@ def train(
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seed = int(spec["seed"])
-    options = build_options(TrainingOptions, spec["training"], "training")
+    options = spec.training
     dev = pick_device(device)
     if threads is not None:
         torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=dev.type == "cuda")
-
-    # data: the prepared cache, with the study's label noise on the training split only
-    data: MTLData = load(spec["dataset"], data_path)
-    provenance = run_provenance(spec, data_path)
-    run_hash = digest(provenance)
-    tasks = data.tasks
-    train_split = data.splits["train"]
-    noise_record = {}
-    if any(rate > 0 for rate in spec["noise"].values()):
-        noisy_y, noise_record = corrupt_labels(train_split.y, tasks, spec["noise"], seed=options.noise_seed)
-        train_split = Split(x=train_split.x, y=noisy_y, source=train_split.source)
-
-    # model: the architecture around the dataset's encoder, seeded
-    torch.manual_seed(derive_seed(seed, "init"))
-    encoder = dataset_module(spec["dataset"]).ENCODER
-    model = build_model(spec["arch"], encoder, tuple(train_split.x.shape[1:]), [t.n_classes for t in tasks]).to(dev)
+    tasks = dataset_module(spec.dataset).TASKS
 
     # method: loss weighting and/or gradient aggregator, each with its own generator
-    method = build_method(spec)
-    loss_weighting = None if method.loss is None else method.loss.build(len(tasks), _generator(seed, "loss", dev))
-    aggregator = None if method.gradient is None else method.gradient.build(len(tasks), _generator(seed, "grad", dev))
-    stepper = Stepper(model, tasks, loss_weighting, aggregator, options)  # type: ignore[arg-type]
-    optimizer = make_optimizer(model, options)
+    loss_weighting, aggregator = build_methods(spec, len(tasks), dev)
+    methods = [m for m in (loss_weighting, aggregator) if m is not None]
+
+    # data: the prepared cache, label noise on the training split only, a held-out slice if asked for
+    run_data = prepare_run_data(spec, data_path, held_out_request(methods))
+    provenance = run_provenance(spec, data_path)
+    run_hash = digest(provenance)
+
+    # model: the architecture around the dataset's encoder, seeded
+    torch.manual_seed(derive_seed(spec.seed, "init"))
+    encoder = dataset_module(spec.dataset).ENCODER
+    input_shape = tuple(run_data.train.x.shape[1:])
+    model = build_model(spec.arch, encoder, input_shape, [t.n_classes for t in tasks]).to(dev)
+    held_out = None
+    if run_data.held_out is not None:
+        held_out = HeldOutSampler(
+            run_data.held_out, options.batch_size, _generator(spec.seed, "held_out_batches", torch.device("cpu")), dev
+        )
+    stepper = Stepper(
+        model, len(tasks), lambda out, y: task_losses(out, y, tasks), loss_weighting, aggregator, held_out
+    )
+    n_batches = -(-len(run_data.train) // options.batch_size)
+    info = SetupInfo(
+        n_tasks=len(tasks),
+        device=dev,
+        shared_dim=sum(p.numel() for p in stepper.shared),
+        rep_shape=tuple(model.encode(_as_float(run_data.train.x[:1]).to(dev)).shape[1:]),
+        steps_per_epoch=n_batches,
+        epochs=options.epochs,
+        task_names=tuple(t.name for t in tasks),
+    )
+    for method in methods:
+        method.setup(info)
+        method.to(dev)
+    optimizer = make_optimizer(model, methods, options)
 
     # resume: only from a checkpoint of this very spec, data and code
-    history: list[dict[str, Any]] = []
-    train_seconds, iterations = 0.0, 0
-    checkpoint_path = out_dir / CHECKPOINT_FILE
-    if checkpoint_path.is_file():
-        # on the CPU: generator states must stay CPU byte tensors; load_state_dict moves the rest
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        if state.get("run_hash") == run_hash:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            for m, s in zip((loss_weighting, aggregator), state["methods"], strict=True):
-                if m is not None:
-                    m.load_state_dict(s)
-            history, train_seconds, iterations = state["history"], state["train_seconds"], state["iterations"]
+    state = _load_checkpoint(out_dir / CHECKPOINT_FILE, run_hash)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        for method, method_state in zip(methods, state["methods"], strict=True):
+            method.load_state_dict(method_state)
+        if held_out is not None:
+            held_out.generator.set_state(state["held_out"])
+    history: list[dict[str, Any]] = [] if state is None else state["history"]
+    clock = {"train_seconds": 0.0, "iterations": 0} if state is None else state["clock"]
     resumed_from = len(history)
 
-    # loop
-    n_batches = -(-len(train_split) // options.batch_size)
+    # loop: one epoch of steps, evaluation, checkpoint
+    label = f"{spec.method} seed{spec.seed}"
     with tqdm(
         total=options.epochs * n_batches,
-        initial=len(history) * n_batches,
+        initial=resumed_from * n_batches,
         disable=not progress,
-        desc=f"{spec['method']['expression']} seed{seed}",
+        desc=label,
         mininterval=2.0,
     ) as bar:
-        for epoch in range(len(history) + 1, options.epochs + 1):
+        for epoch in range(resumed_from + 1, options.epochs + 1):
             epoch_start = time.perf_counter()
-            order = torch.randperm(len(train_split), generator=_generator(seed, f"shuffle{epoch}", torch.device("cpu")))
-            loss_sum = torch.zeros(len(tasks), dtype=torch.float64, device=dev)
-            lw_sum = torch.zeros(len(tasks), dtype=torch.float64, device=dev)
-            gw_sum = torch.zeros(len(tasks), dtype=torch.float64, device=dev)
-            steps = 0
-            for x, y in batches(train_split, options.batch_size, order):
+            order = torch.randperm(
+                len(run_data.train), generator=_generator(spec.seed, f"shuffle{epoch}", torch.device("cpu"))
+            )
+            sums = EpochSums()
+            for x, y in batches(run_data.train, options.batch_size, order):
                 x, y = _as_float(x.to(dev, non_blocking=True)), y.to(dev, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
-                losses, lw, gw = stepper.step(x, y)
+                sums.add(stepper.step(x, y, epoch=epoch, iteration=clock["iterations"] + sums.steps))
                 optimizer.step()
-                loss_sum += losses
-                if lw is not None:
-                    lw_sum += lw
-                if gw is not None:
-                    gw_sum += gw
-                steps += 1
                 bar.update()
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
-            train_seconds += time.perf_counter() - epoch_start
-            iterations += steps
-            mean_loss = (loss_sum / steps).cpu()
-            if not torch.isfinite(mean_loss).all():
-                bad = [task.name for task, ok in zip(tasks, torch.isfinite(mean_loss).tolist(), strict=True) if not ok]
-                raise TrainingError(
-                    f"non-finite training loss for task(s) {', '.join(bad)} in epoch {epoch} of run "
-                    f"{spec['method']['expression']} seed {seed}: lower the learning rate (training.lr = {options.lr})"
-                )
+            clock["train_seconds"] += time.perf_counter() - epoch_start
+            clock["iterations"] += sums.steps
+            mean_loss = sums.mean("loss")
+            _check_finite(mean_loss, tasks, epoch, spec)
+            for method in methods:
+                method.on_epoch_end(epoch, mean_loss.to(dev))
 
             # evaluation
             record = {
                 "epoch": epoch,
                 "train_loss": _by_task(mean_loss, tasks),
-                "loss_weights": _by_task(lw_sum.cpu() / steps if loss_weighting else None, tasks),
-                "grad_weights": _by_task(gw_sum.cpu() / steps if aggregator else None, tasks),
-                "val": evaluate(model, data.splits["val"], tasks, dev, options.eval_batch_size),
-                "test": evaluate(model, data.splits["test"], tasks, dev, options.eval_batch_size),
+                "loss_weights": _by_task(sums.mean("loss_weights"), tasks),
+                "grad_weights": _by_task(sums.mean("grad_weights"), tasks),
+                "diagnostics": {
+                    key: _by_task(sums.mean(key), tasks)
+                    for key in sums.sums
+                    if key not in ("loss", "loss_weights", "grad_weights")
+                },
+                "val": evaluate(model, run_data.data.splits["val"], tasks, dev, options.eval_batch_size),
+                "test": evaluate(model, run_data.data.splits["test"], tasks, dev, options.eval_batch_size),
                 "seconds": time.perf_counter() - epoch_start,
             }
             history.append(record)
@@ -438,67 +360,117 @@ def train(
 
             # checkpoint
             save_torch_atomic(
-                checkpoint_path,
+                out_dir / CHECKPOINT_FILE,
                 {
                     "run_hash": run_hash,
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
-                    "methods": [None if m is None else m.state_dict() for m in (loss_weighting, aggregator)],
+                    "methods": [method.state_dict() for method in methods],
+                    "held_out": None if held_out is None else held_out.generator.get_state(),
                     "history": history,
-                    "train_seconds": train_seconds,
-                    "iterations": iterations,
+                    "clock": clock,
                 },
             )
             if on_checkpoint is not None:
                 on_checkpoint(epoch)
 
     # selection and the run record, written last and atomically
-    if options.selection == "last":
-        chosen = history[-1]
-    else:
-        chosen = max(history, key=lambda r: (selection_score(r["val"], tasks), -r["epoch"]))
-    result = {
+    result = run_record(
+        spec,
+        run_data,
+        methods,
+        history,
+        provenance | {"run_hash": run_hash, "resumed_from_epoch": resumed_from},
+        clock,
+        started,
+        dev,
+        out_dir,
+    )
+    write_json_atomic(out_dir / METRICS_FILE, result)
+    return result
+
+
+def _load_checkpoint(path: Path, run_hash: str) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it was written under ``run_hash`` (same spec, data and code), else None."""
+    if not path.is_file():
+        return None
+    # on the CPU: generator states must stay CPU byte tensors; load_state_dict moves the rest
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return state if state.get("run_hash") == run_hash else None
+
+
+def _check_finite(mean_loss: Tensor, tasks: Sequence[Task], epoch: int, spec: RunSpec) -> None:
+    if not torch.isfinite(mean_loss).all():
+        bad = [task.name for task, ok in zip(tasks, torch.isfinite(mean_loss).tolist(), strict=True) if not ok]
+        raise TrainingError(
+            f"non-finite training loss for task(s) {', '.join(bad)} in epoch {epoch} of run "
+            f"{spec.method} seed {spec.seed}: lower the learning rate (training.lr = {spec.training.lr})"
+        )
+
+
+def select_epoch(history: Sequence[Mapping[str, Any]], tasks: Sequence[Task], rule: str) -> Mapping[str, Any]:
+    """The reported epoch: the last, or the best on the validation split (earliest on ties); never the test split."""
+    if rule == "last":
+        return history[-1]
+    return max(history, key=lambda r: (selection_score(r["val"], tasks), -r["epoch"]))
+
+
+def run_record(
+    spec: RunSpec,
+    run_data: RunData,
+    methods: Sequence[Method],
+    history: list[dict[str, Any]],
+    provenance: dict[str, Any],
+    clock: Mapping[str, Any],
+    started: float,
+    device: torch.device,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """The content of ``metrics.json`` (format :data:`~mtlrepro.run.RUN_FORMAT`)."""
+    data, tasks = run_data.data, run_data.data.tasks
+    rule = spec.training.selection
+    chosen = select_epoch(history, tasks, rule)
+    sizes = {name: len(split) for name, split in data.splits.items()} | {"train_used": len(run_data.train)}
+    if run_data.held_out is not None:
+        sizes["held_out"] = len(run_data.held_out)
+    return {
         "format": RUN_FORMAT,
         "run": {
-            "dataset": spec["dataset"],
-            "arch": spec["arch"],
-            "method": spec["method"]["expression"],
-            "noise": spec["noise_label"],
-            "seed": seed,
+            "dataset": spec.dataset,
+            "arch": spec.arch,
+            "method": spec.method,
+            "noise": spec.noise_label,
+            "seed": spec.seed,
             "dir": str(out_dir),
         },
-        "spec": dict(spec),
+        "spec": spec.to_json(),
         "spec_hash": provenance["spec_hash"],
-        "provenance": provenance | {"run_hash": run_hash, "resumed_from_epoch": resumed_from},
+        "provenance": provenance,
         "dataset": {
             "name": data.name,
             "stand_in": data.stand_in,
             "tasks": [{"name": t.name, "metrics": dict(t.metrics)} for t in tasks],
-            "sizes": {name: len(split) for name, split in data.splits.items()},
+            "sizes": sizes,
             "provenance": data.meta,
-            "noise": noise_record,
+            "noise": run_data.noise,
         },
-        "methods": [m.describe() for m in (loss_weighting, aggregator) if m is not None],
+        "methods": [m.describe() for m in methods],
         "epochs": history,
         "selection": {
-            "rule": options.selection,
-            "description": "highest mean validation score over tasks"
-            if options.selection == "best_val"
-            else "last epoch",
+            "rule": rule,
+            "description": "highest mean validation score over tasks" if rule == "best_val" else "last epoch",
             "epoch": chosen["epoch"],
         },
         "final": {"val": chosen["val"], "test": chosen["test"]},
         "timing": {
             "wall_seconds": time.perf_counter() - started,
-            "train_seconds": train_seconds,
-            "iterations": iterations,
-            "ms_per_iter": 1000.0 * train_seconds / max(iterations, 1),
+            "train_seconds": clock["train_seconds"],
+            "iterations": clock["iterations"],
+            "ms_per_iter": 1000.0 * clock["train_seconds"] / max(clock["iterations"], 1),
         },
         "memory": {
             "peak_rss_mb": _peak_rss_mb(),
-            "peak_device_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
+            "peak_device_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         },
-        "environment": environment(dev),
+        "environment": environment(device),
     }
-    write_json_atomic(out_dir / METRICS_FILE, result)
-    return result

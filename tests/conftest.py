@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from mtlrepro.data import prepare
+from mtlrepro.run import RunSpec
 from mtlrepro.studies import expand
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,13 +27,36 @@ def small_config(methods=("ew", "rlw", "rgw", "rlw+rgw"), seeds=(0,), noise=None
     }
 
 
-def spec_for(method: str = "rgw", seed: int = 0, noise=None, **training) -> dict:
-    """The spec of one run of :func:`small_config`."""
+def spec_for(method: str = "rgw", seed: int = 0, noise=None, methods_config=None, **training) -> RunSpec:
+    """The spec of one run of :func:`small_config` (``methods_config`` adds method entries)."""
     config = small_config(methods=(method,), seeds=(seed,), noise=noise, **training)
+    config["methods"].update(methods_config or {})
     (run,) = expand(config)["small"].runs
-    return run.spec()
+    return run
 
 
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory) -> Path:
     return prepare("multi_digits", SMALL_DATA, tmp_path_factory.mktemp("data") / "multi_digits.pt")
+
+
+def make_stepper(model, tasks, expression: str, entries=None, seeds=(11, 12), held_out=None):
+    """A :class:`~mtlrepro.step.Stepper` for ``expression`` (config ``entries`` optional) with seeded generators.
+
+    The loss is cross-entropy per task on labels y [B x T], as in training.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from mtlrepro.step import Stepper
+    from mtlrepro.weighting import parse_method
+
+    spec = parse_method(expression, entries or {}, "test")
+    n = len(tasks)
+    loss = None if spec.loss is None else spec.loss.build(n, torch.Generator().manual_seed(seeds[0]))
+    grad = None if spec.gradient is None else spec.gradient.build(n, torch.Generator().manual_seed(seeds[1]))
+
+    def loss_fn(outputs, y):
+        return torch.stack([F.cross_entropy(o, y[:, t]) for t, o in enumerate(outputs)])
+
+    return Stepper(model, n, loss_fn, loss, grad, held_out)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mtlrepro.weighting.random_weights import DISTRIBUTIONS, sample_weights
+from mtlrepro.weighting._random_weights import DISTRIBUTIONS, sample_weights
 
 DRAWS = 20_000
 

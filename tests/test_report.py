@@ -41,7 +41,7 @@ def run_document(
     noise: str = "clean",
     n_epochs: int = N_EPOCHS,
 ) -> dict[str, Any]:
-    """A ``mtlrepro.run/1`` document; per-epoch test values ramp up linearly to ``final_test``."""
+    """A ``mtlrepro.run/2`` document; per-epoch test values ramp up linearly to ``final_test``."""
     tasks = tasks or TWO_TASKS
 
     def scaled(factor: float, shift: float = 0.0) -> dict[str, dict[str, float]]:
@@ -60,7 +60,7 @@ def run_document(
         for e in range(1, n_epochs + 1)
     ]
     return {
-        "format": "mtlrepro.run/1",
+        "format": "mtlrepro.run/2",
         "run": {
             "dataset": dataset,
             "arch": "hps",

@@ -7,8 +7,9 @@ import pytest
 from mtlrepro.cli import main
 from mtlrepro.data import prepare
 from mtlrepro.errors import TrainingError
+from mtlrepro.run import CHECKPOINT_FILE, METRICS_FILE, code_files, file_sha256, run_provenance
 from mtlrepro.seeding import derive_seed
-from mtlrepro.train import CHECKPOINT_FILE, METRICS_FILE, code_files, file_sha256, run_provenance, train
+from mtlrepro.train import train
 
 from conftest import SMALL_DATA, spec_for
 
@@ -25,8 +26,8 @@ def test_run_record_holds_the_contract(small_data, tmp_path):
     result = train(spec, small_data, tmp_path / "run", progress=False)
     on_disk = json.loads((tmp_path / "run" / METRICS_FILE).read_text())
     assert on_disk == json.loads(json.dumps(result))
-    assert on_disk["format"] == "mtlrepro.run/1"
-    assert on_disk["spec"] == spec
+    assert on_disk["format"] == "mtlrepro.run/2"
+    assert on_disk["spec"] == spec.to_json()
     assert on_disk["run"]["method"] == "rlw+rgw" and on_disk["run"]["noise"] == "clean"
     assert [e["epoch"] for e in on_disk["epochs"]] == [1, 2]
     epoch = on_disk["epochs"][0]
@@ -92,7 +93,17 @@ def test_checkpoint_made_from_other_data_is_ignored(small_data, tmp_path):
 def test_provenance_hashes_the_code_the_run_depends_on(small_data, tmp_path):
     spec = spec_for("rlw+rgw")
     files = {p.name for p in code_files(spec)}
-    assert {"train.py", "rlw.py", "rgw.py", "random_weights.py", "hps.py", "lenet.py", "seeding.py"} <= files
+    assert {
+        "train.py",
+        "rlw.py",
+        "rgw.py",
+        "_random_weights.py",
+        "step.py",
+        "run.py",
+        "hps.py",
+        "lenet.py",
+        "seeding.py",
+    } <= files
     assert "ew.py" not in files
     provenance = run_provenance(spec, small_data)
     assert provenance["code_sha256"]["weighting/rlw.py"] == file_sha256(
@@ -115,7 +126,9 @@ def test_non_finite_loss_stops_with_a_clear_message_and_no_record(small_data, tm
         train(spec, small_data, tmp_path / "nan", progress=False)
     assert not (tmp_path / "nan" / METRICS_FILE).exists()
 
-    code = main(["train", "--spec", json.dumps(spec), "--data", str(small_data), "--out", str(tmp_path / "cli")])
+    code = main(
+        ["train", "--spec", json.dumps(spec.to_json()), "--data", str(small_data), "--out", str(tmp_path / "cli")]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "\nmtlrepro: error: non-finite training loss" in err and "Traceback" not in err
@@ -123,7 +136,15 @@ def test_non_finite_loss_stops_with_a_clear_message_and_no_record(small_data, tm
 
 def test_missing_data_cache_names_the_file(tmp_path, capsys):
     code = main(
-        ["train", "--spec", json.dumps(spec_for("ew")), "--data", str(tmp_path / "nope.pt"), "--out", str(tmp_path)]
+        [
+            "train",
+            "--spec",
+            json.dumps(spec_for("ew").to_json()),
+            "--data",
+            str(tmp_path / "nope.pt"),
+            "--out",
+            str(tmp_path),
+        ]
     )
     assert code == 1
     assert "nope.pt does not exist" in capsys.readouterr().err

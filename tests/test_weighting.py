@@ -10,9 +10,10 @@ from torchjd.autojac import jac_to_grad, mtl_backward
 from mtlrepro.archs import build_model
 from mtlrepro.data import Task
 from mtlrepro.errors import ConfigError
-from mtlrepro.train import Stepper, TrainingOptions
 from mtlrepro.weighting import parse_method, registry
 from mtlrepro.weighting.base import GRADIENT, LOSS
+
+from conftest import make_stepper
 
 TASKS = (Task("A", 10), Task("B", 10), Task("C", 10))
 T = len(TASKS)
@@ -27,11 +28,8 @@ def model_and_batch():
     return model, x, y
 
 
-def stepper_for(model, expression, seeds=(11, 12), **training):
-    spec = parse_method(expression, {}, "test")
-    loss = None if spec.loss is None else spec.loss.build(T, torch.Generator().manual_seed(seeds[0]))
-    grad = None if spec.gradient is None else spec.gradient.build(T, torch.Generator().manual_seed(seeds[1]))
-    return Stepper(model, TASKS, loss, grad, TrainingOptions(**training))
+def stepper_for(model, expression, seeds=(11, 12), entries=None):
+    return make_stepper(model, TASKS, expression, entries, seeds)
 
 
 def grads_of(model):
@@ -74,7 +72,7 @@ def test_rgw_heads_get_their_own_unweighted_gradient(model_and_batch):
     # RW Algorithm 1, line 10 (RGW): psi_t <- psi_t - eta * grad_psi_t l_t, no weight.
     model, x, y = model_and_batch
     reference = copy.deepcopy(model)
-    _, _, weights = stepper_for(model, "rgw").step(x, y)
+    weights = stepper_for(model, "rgw").step(x, y).grad_weights
     assert weights is not None and not torch.allclose(weights, torch.full((T,), 1 / T, dtype=weights.dtype))
     _, losses = losses_of(reference, x, y)
     for t in range(T):
@@ -96,7 +94,7 @@ def test_ew_shared_gradient_is_torchjd_mean_and_heads_see_one_over_t(model_and_b
 def test_ew_with_weights_summing_to_t_is_the_plain_loss_sum(model_and_batch):
     model, x, y = model_and_batch
     reference = copy.deepcopy(model)
-    stepper_for(model, "ew", weight_sum="tasks").step(x, y)
+    stepper_for(model, "ew", entries={"ew": {"scale": "tasks"}}).step(x, y)
     _, losses = losses_of(reference, x, y)
     losses.sum().backward()
     assert_same_grads(grads_of(model), grads_of(reference))
@@ -106,7 +104,8 @@ def test_rlw_is_gradient_of_randomly_weighted_loss_for_every_parameter(model_and
     # RW Algorithm 1 (RLW): theta and psi_t both see lambda = softmax(N(0, I)).
     model, x, y = model_and_batch
     reference = copy.deepcopy(model)
-    _, lw, gw = stepper_for(model, "rlw", seeds=(9, 0)).step(x, y)
+    result = stepper_for(model, "rlw", seeds=(9, 0)).step(x, y)
+    lw, gw = result.loss_weights, result.grad_weights
     expected_w = torch.softmax(torch.randn(T, generator=torch.Generator().manual_seed(9), dtype=torch.float64), -1)
     torch.testing.assert_close(lw, expected_w)
     assert gw is None
@@ -128,10 +127,10 @@ def test_representation_mode_gives_the_same_shared_update_for_a_weighted_sum(mod
     # sum_t lambda_t dl_t/dtheta = (dz/dtheta)^T sum_t lambda_t dl_t/dz: RGW is linear in G.
     model, x, y = model_and_batch
     other = copy.deepcopy(model)
-    stepper_for(model, "rgw", grad_wrt="params").step(x, y)
-    stepper = stepper_for(other, "rgw", grad_wrt="representation")
+    stepper_for(model, "rgw").step(x, y)
+    stepper = stepper_for(other, "rgw", entries={"rgw": {"grad_wrt": "representation"}})
     stepper.step(x, y)
-    assert stepper._grads.shape == (T, 8 * 50)
+    assert stepper._matrix is None  # no parameter Jacobian was built
     assert_same_grads(grads_of(model), grads_of(other))
 
 
@@ -139,11 +138,11 @@ def test_gradient_matrix_is_allocated_once(model_and_batch):
     model, x, y = model_and_batch
     stepper = stepper_for(model, "rgw")
     stepper.step(x, y)
-    first = stepper._grads.data_ptr()
+    first = stepper._matrix.data_ptr()
     model.zero_grad()
     stepper.step(x, y)
-    assert stepper._grads.data_ptr() == first
-    assert stepper._grads.shape == (T, sum(p.numel() for p in model.encoder.parameters()))
+    assert stepper._matrix.data_ptr() == first
+    assert stepper._matrix.shape == (T, sum(p.numel() for p in model.encoder.parameters()))
 
 
 def test_registry_holds_one_method_per_module_with_its_kind():
@@ -158,7 +157,7 @@ def test_registry_holds_one_method_per_module_with_its_kind():
 def test_method_sources_are_the_module_and_its_helpers():
     rlw = parse_method("rlw", {}, "x").loss
     names = sorted(p.name for p in rlw.sources)
-    assert names == ["base.py", "random_weights.py", "rlw.py"]
+    assert names == ["_random_weights.py", "base.py", "rlw.py"]
     ew = parse_method("ew", {}, "x").loss
     assert "rlw.py" not in {p.name for p in ew.sources}
 
@@ -182,4 +181,4 @@ def test_bad_method_expressions_name_the_key(expression, entries, message):
 
 def test_named_entry_selects_a_distribution():
     spec = parse_method("rlw_dir", {"rlw_dir": {"weighting": "rlw", "distribution": "dirichlet"}}, "x")
-    assert spec.loss.cls.name == "rlw" and spec.loss.options == {"distribution": "dirichlet"}
+    assert spec.loss.cls.name == "rlw" and spec.loss.options["distribution"] == "dirichlet"

@@ -39,5 +39,9 @@ class LeNetEncoder(nn.Module):
             raise ValueError(f"lenet expects square images, got {height}x{width}")
         return cls(channels, height)
 
+    def last_layer(self) -> nn.Module:
+        """The last layer with parameters (the fully connected one)."""
+        return self.fc[0]
+
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.features(x))

@@ -1,6 +1,6 @@
 """Read and check run files (``metrics.json``) and turn them into long-form frames.
 
-A run file is written by one training run (format ``mtlrepro.run/1``). Every
+A run file is written by one training run (format ``mtlrepro.run/2``). Every
 check here raises :class:`~mtlrepro.errors.DataError` whose message starts with
 the offending file, so a broken or stale run is easy to find. A report covers
 one dataset: every run must declare the same dataset name and tasks.
@@ -21,7 +21,7 @@ import pandas as pd
 
 from mtlrepro.errors import DataError
 from mtlrepro.metrics import HIGHER, LOWER
-from mtlrepro.train import RUN_FORMAT
+from mtlrepro.run import RUN_FORMAT
 
 SPLITS = ("val", "test")
 RUN_COLUMNS = ["method", "seed", "noise", "split", "task", "metric", "value"]

@@ -3,7 +3,8 @@
 Adding a method means adding one module here (say ``pcgrad.py``) that defines
 one :class:`~mtlrepro.weighting.base.LossWeighting` or
 :class:`~mtlrepro.weighting.base.GradientAggregator` subclass whose ``name``
-is the module's name. Nothing else in the package changes, so no other run is
+is the module's name (helpers shared by several methods live in modules whose
+name starts with ``_``). Nothing else in the package changes, so no other run is
 invalidated by the new file.
 
 In a config, ``methods`` holds named *entries*: an entry's key is the name
@@ -29,9 +30,16 @@ import torch
 
 from mtlrepro.errors import ConfigError
 from mtlrepro.options import build_options, options_dict
-from mtlrepro.weighting.base import GRADIENT, LOSS, GradientAggregator, LossWeighting, Method
+from mtlrepro.weighting.base import (
+    GRADIENT,
+    LOSS,
+    GradientAggregator,
+    LossWeighting,
+    Method,
+    WeightedGradientOptions,
+)
 
-_NOT_METHODS = {"base", "random_weights"}
+_NOT_METHODS = {"base"}
 
 
 @cache
@@ -70,23 +78,33 @@ class Component:
 
     @property
     def sources(self) -> list[Path]:
-        """The method's module file and the weighting modules it imports from.
-
-        These are declared as inputs of the method's train jobs, so editing
-        ``rlw.py`` (or the sampler it uses) reruns the RLW runs and no other.
-        """
-        module = sys.modules[self.cls.__module__]
-        names = {module.__name__} | {
-            getattr(obj, "__module__", "")
-            for obj in vars(module).values()
-            if getattr(obj, "__module__", "").startswith(f"{__name__}.")
-        }
-        return sorted(Path(inspect.getfile(sys.modules[name])) for name in names)
+        """The method's module file and the weighting modules it imports from (see :func:`method_sources`)."""
+        return method_sources(self.cls.name)
 
     def build(self, n_tasks: int, generator: torch.Generator) -> Method:
         """Instantiate the method for ``n_tasks`` tasks with a private random ``generator``."""
         options = build_options(self.cls.Options, self.options, f"methods.{self.entry}")
         return self.cls(n_tasks, options, generator)
+
+
+def method_sources(name: str) -> list[Path]:
+    """The module file of registered method ``name`` and the weighting modules it imports from.
+
+    These are declared as inputs of the method's train jobs, so editing
+    ``rlw.py`` (or the sampler it uses) reruns the RLW runs and no other.
+    """
+    module = sys.modules[registry()[name].__module__]
+    names = {module.__name__} | {
+        getattr(obj, "__module__", "")
+        for obj in vars(module).values()
+        if getattr(obj, "__module__", "").startswith(f"{__name__}.")
+    }
+    names |= {
+        obj.__name__
+        for obj in vars(module).values()
+        if inspect.ismodule(obj) and obj.__name__.startswith(f"{__name__}.")
+    }
+    return sorted(Path(inspect.getfile(sys.modules[n])) for n in names)
 
 
 def resolve_entry(entry: str, config: Mapping[str, Any] | None) -> Component:
@@ -99,8 +117,36 @@ def resolve_entry(entry: str, config: Mapping[str, Any] | None) -> Component:
             f"methods.{entry}: unknown weighting method {name!r} (known methods: {', '.join(sorted(methods))})"
         )
     cls = methods[name]
-    options = options_dict(build_options(cls.Options, values, f"methods.{entry}"))
-    return Component(entry=entry, cls=cls, options=options)
+    where = f"methods.{entry}"
+    if issubclass(cls, LossWeighting) and values.get("grad_wrt", "params") != "params":
+        raise ConfigError(
+            f"{where}.grad_wrt: {values['grad_wrt']!r} is not possible: {name} is a loss weighting, and a loss "
+            "weighting run on representation gradients would leave the shared encoder without its gradient "
+            "(LibMTL issue #83); give grad_wrt to the gradient method of a combination instead"
+        )
+    options = build_options(cls.Options, values, where)
+    check_gradient_options(cls, options, where)
+    return Component(entry=entry, cls=cls, options=options_dict(options))
+
+
+def check_gradient_options(cls: type[Method], options: Any, where: str) -> None:
+    """Refuse representation/parameter modes a gradient method cannot run in, naming the key."""
+    if not issubclass(cls, GradientAggregator):
+        return
+    mode = options.grad_wrt
+    if cls.representation_only and mode != "representation":
+        raise ConfigError(f"{where}.grad_wrt: {mode!r} is not possible: {cls.name} works on the representation only")
+    if cls.params_only and mode != "params":
+        raise ConfigError(f"{where}.grad_wrt: {mode!r} is not possible: {cls.name} works on parameter gradients only")
+    if (
+        mode == "representation"
+        and options.rep_reduce == "batch_sum"
+        and not issubclass(cls.Options, WeightedGradientOptions)
+    ):
+        raise ConfigError(
+            f"{where}.rep_reduce: 'batch_sum' is not possible: {cls.name} does not produce task weights that "
+            "could be applied to the per-example gradients"
+        )
 
 
 @dataclass(frozen=True)
@@ -140,3 +186,9 @@ def parse_method(expression: str, entries: Mapping[str, Any], where: str) -> Met
     loss = next((c for c in components if c.kind == LOSS), None)
     gradient = next((c for c in components if c.kind == GRADIENT), None)
     return MethodSpec(expression=expression, loss=loss, gradient=gradient)
+
+
+def build_stage(ref: Any, n_tasks: int, generator: torch.Generator) -> Method:
+    """Instantiate a run spec's method stage (a :class:`~mtlrepro.run.MethodRef`) for ``n_tasks`` tasks."""
+    component = resolve_entry(ref.entry, {"weighting": ref.weighting, **ref.options})
+    return component.build(n_tasks, generator)

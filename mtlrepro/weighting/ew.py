@@ -1,11 +1,15 @@
-"""EW: equal weighting, the conventional baseline (RW paper, Sec. 2, Eq. 1 with lambda_t = 1/T)."""
+"""EW: equal weighting, the conventional baseline (RW paper, Sec. 2, Eq. 1 with lambda_t = 1/T).
+
+``scale: simplex`` (default) gives lambda_t = 1/T as in the paper; ``scale:
+tasks`` gives lambda_t = 1, the plain loss sum of LibMTL's EW.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from mtlrepro.weighting.base import LossWeighting
+from mtlrepro.weighting.base import LossWeighting, LossWeights
 
 
 def equal_weights(n_tasks: int, like: Tensor) -> Tensor:
@@ -18,5 +22,5 @@ class EW(LossWeighting):
 
     name = "ew"
 
-    def weights(self, losses: Tensor) -> Tensor:
-        return equal_weights(self.n_tasks, losses)
+    def weigh(self, ctx) -> LossWeights:
+        return LossWeights(equal_weights(self.n_tasks, ctx.losses))

@@ -14,7 +14,7 @@ sys.path.insert(0, workflow.basedir)
 from mtlrepro.config import check_config
 from mtlrepro.errors import ConfigError
 from mtlrepro.io import canonical_json
-from mtlrepro.studies import data_file, dataset_sources, runs_by_directory
+from mtlrepro.studies import data_file, dataset_sources, run_sources, runs_by_directory
 
 try:
     STUDIES = check_config(

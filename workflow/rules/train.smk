@@ -7,7 +7,7 @@
 rule train:
     input:
         data=lambda w: data_file(w.dataset),
-        code=lambda w: run_of(w).sources(),
+        code=lambda w: run_sources(run_of(w)),
     output:
         "results/runs/{dataset}/{arch}/{method}/{noise}/seed{seed}/metrics.json",
     log:
@@ -20,7 +20,7 @@ rule train:
         runtime=TRAIN_RESOURCES.get("runtime", 60),
         gpu=TRAIN_RESOURCES.get("gpu", 0),
     params:
-        spec=lambda w: canonical_json(run_of(w).spec()),
+        spec=lambda w: canonical_json(run_of(w).to_json()),
         outdir=lambda w, output: Path(output[0]).parent,
         device=DEVICE,
     shell:

@@ -27,7 +27,6 @@ details the paper leaves open, resolved here and documented:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -35,13 +34,6 @@ from torch import Tensor
 
 Distribution = Literal["normal", "uniform", "dirichlet", "bernoulli", "c_bernoulli"]
 DISTRIBUTIONS: tuple[str, ...] = ("normal", "uniform", "dirichlet", "bernoulli", "c_bernoulli")
-
-
-@dataclass(frozen=True)
-class RandomWeightOptions:
-    """Options of RLW and RGW; the default is the paper's choice (RW Sec. 3: normal + softmax)."""
-
-    distribution: Distribution = "normal"
 
 
 def sample_weights(
