@@ -15,6 +15,7 @@ import resource
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from mtlrepro.run import CHECKPOINT_FILE, METRICS_FILE, RUN_FORMAT, RunSpec, Tra
 from mtlrepro.seeding import derive_seed
 from mtlrepro.step import Stepper, StepResult
 from mtlrepro.weighting import build_stage
-from mtlrepro.weighting.base import Method, Need, SetupInfo
+from mtlrepro.weighting.base import GRADIENT, LOSS, Method, Need, SetupInfo
 
 
 def pick_device(requested: str) -> torch.device:
@@ -147,11 +148,15 @@ def _generator(seed: int, purpose: str, device: torch.device) -> torch.Generator
     return torch.Generator(device=device).manual_seed(derive_seed(seed, purpose))
 
 
-def build_methods(spec: RunSpec, n_tasks: int, device: torch.device) -> tuple[Method | None, Method | None]:
-    """The run's loss weighting and gradient aggregator (either may be None), each with its own generator."""
-    loss = None if spec.loss is None else build_stage(spec.loss, n_tasks, _generator(spec.seed, "loss", device))
-    grad = None if spec.gradient is None else build_stage(spec.gradient, n_tasks, _generator(spec.seed, "grad", device))
-    return loss, grad
+def build_methods(spec: RunSpec, n_tasks: int, device: torch.device) -> list[Method]:
+    """The run's method stages in order (loss weighting first), each with its own random generator."""
+    purposes = {LOSS: "loss", GRADIENT: "grad"}
+    methods = []
+    for ref in spec.stages:
+        method = build_stage(ref, n_tasks, torch.Generator(device=device))
+        method.generator.manual_seed(derive_seed(spec.seed, purposes[method.kind]))
+        methods.append(method)
+    return methods
 
 
 def held_out_request(methods: Sequence[Method]) -> tuple[float, str] | None:
@@ -239,6 +244,101 @@ class EpochSums:
 # --------------------------------------------------------------------------- the run
 
 
+@dataclass
+class Session:
+    """Everything a checkpoint must hold to continue a run bit-identically."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    methods: list[Method]
+    stepper: Stepper
+    held_out: HeldOutSampler | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    clock: dict[str, Any] = field(default_factory=lambda: {"train_seconds": 0.0, "iterations": 0})
+
+    def state_dict(self, run_hash: str) -> dict[str, Any]:
+        return {
+            "run_hash": run_hash,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "methods": [method.state_dict() for method in self.methods],
+            "held_out": None if self.held_out is None else self.held_out.generator.get_state(),
+            "history": self.history,
+            "clock": self.clock,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for method, method_state in zip(self.methods, state["methods"], strict=True):
+            method.load_state_dict(method_state)
+        if self.held_out is not None:
+            self.held_out.generator.set_state(state["held_out"])
+        self.history, self.clock = list(state["history"]), dict(state["clock"])
+
+
+def build_session(spec: RunSpec, run_data: RunData, methods: list[Method], device: torch.device) -> Session:
+    """Model (seeded), step, methods set up on the device, optimizer with the methods' own parameter groups."""
+    tasks, options = run_data.data.tasks, spec.training
+    torch.manual_seed(derive_seed(spec.seed, "init"))
+    encoder = dataset_module(spec.dataset).ENCODER
+    sample = _as_float(run_data.train.x[:1]).to(device)
+    model = build_model(spec.arch, encoder, tuple(sample.shape[1:]), [t.n_classes for t in tasks]).to(device)
+    held_out = None
+    if run_data.held_out is not None:
+        generator = _generator(spec.seed, "held_out_batches", torch.device("cpu"))
+        held_out = HeldOutSampler(run_data.held_out, options.batch_size, generator, device)
+    loss_weighting, aggregator = (next((m for m in methods if m.kind == kind), None) for kind in (LOSS, GRADIENT))
+    stepper = Stepper(model, len(tasks), partial(task_losses, tasks=tasks), loss_weighting, aggregator, held_out)
+    with torch.no_grad():
+        rep_shape = tuple(model.encode(sample).shape[1:])
+    info = SetupInfo(
+        n_tasks=len(tasks),
+        device=device,
+        shared_dim=sum(p.numel() for p in stepper.shared),
+        rep_shape=rep_shape,
+        steps_per_epoch=-(-len(run_data.train) // options.batch_size),
+        epochs=options.epochs,
+        task_names=tuple(t.name for t in tasks),
+    )
+    for method in methods:
+        method.setup(info)
+        method.to(device)
+    return Session(model, make_optimizer(model, methods, options), methods, stepper, held_out)
+
+
+def train_epoch(
+    session: Session, split: Split, spec: RunSpec, epoch: int, device: torch.device, bar: tqdm
+) -> EpochSums:
+    """One pass over the (shuffled, seeded) training split; returns the epoch's device-side sums."""
+    order = torch.randperm(len(split), generator=_generator(spec.seed, f"shuffle{epoch}", torch.device("cpu")))
+    sums = EpochSums()
+    for x, y in batches(split, spec.training.batch_size, order):
+        x, y = _as_float(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+        session.optimizer.zero_grad(set_to_none=True)
+        sums.add(session.stepper.step(x, y, epoch=epoch, iteration=session.clock["iterations"] + sums.steps))
+        session.optimizer.step()
+        bar.update()
+    return sums
+
+
+def epoch_record(
+    epoch: int, sums: EpochSums, session: Session, run_data: RunData, spec: RunSpec, device: torch.device
+) -> dict[str, Any]:
+    """One epoch's entry of the run record: mean training losses and weights, diagnostics, val/test metrics."""
+    tasks, batch = run_data.data.tasks, spec.training.eval_batch_size
+    scalars = ("loss", "loss_weights", "grad_weights")
+    return {
+        "epoch": epoch,
+        "train_loss": _by_task(sums.mean("loss"), tasks),
+        "loss_weights": _by_task(sums.mean("loss_weights"), tasks),
+        "grad_weights": _by_task(sums.mean("grad_weights"), tasks),
+        "diagnostics": {key: _by_task(sums.mean(key), tasks) for key in sums.sums if key not in scalars},
+        "val": evaluate(session.model, run_data.data.splits["val"], tasks, device, batch),
+        "test": evaluate(session.model, run_data.data.splits["test"], tasks, device, batch),
+    }
+
+
 def train(
     spec: RunSpec,
     data_path: str | Path,
@@ -253,139 +353,57 @@ def train(
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    options = spec.training
     dev = pick_device(device)
     if threads is not None:
         torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=dev.type == "cuda")
-    tasks = dataset_module(spec.dataset).TASKS
 
     # method: loss weighting and/or gradient aggregator, each with its own generator
-    loss_weighting, aggregator = build_methods(spec, len(tasks), dev)
-    methods = [m for m in (loss_weighting, aggregator) if m is not None]
+    methods = build_methods(spec, len(dataset_module(spec.dataset).TASKS), dev)
 
     # data: the prepared cache, label noise on the training split only, a held-out slice if asked for
     run_data = prepare_run_data(spec, data_path, held_out_request(methods))
     provenance = run_provenance(spec, data_path)
     run_hash = digest(provenance)
 
-    # model: the architecture around the dataset's encoder, seeded
-    torch.manual_seed(derive_seed(spec.seed, "init"))
-    encoder = dataset_module(spec.dataset).ENCODER
-    input_shape = tuple(run_data.train.x.shape[1:])
-    model = build_model(spec.arch, encoder, input_shape, [t.n_classes for t in tasks]).to(dev)
-    held_out = None
-    if run_data.held_out is not None:
-        held_out = HeldOutSampler(
-            run_data.held_out, options.batch_size, _generator(spec.seed, "held_out_batches", torch.device("cpu")), dev
-        )
-    stepper = Stepper(
-        model, len(tasks), lambda out, y: task_losses(out, y, tasks), loss_weighting, aggregator, held_out
-    )
-    n_batches = -(-len(run_data.train) // options.batch_size)
-    info = SetupInfo(
-        n_tasks=len(tasks),
-        device=dev,
-        shared_dim=sum(p.numel() for p in stepper.shared),
-        rep_shape=tuple(model.encode(_as_float(run_data.train.x[:1]).to(dev)).shape[1:]),
-        steps_per_epoch=n_batches,
-        epochs=options.epochs,
-        task_names=tuple(t.name for t in tasks),
-    )
-    for method in methods:
-        method.setup(info)
-        method.to(dev)
-    optimizer = make_optimizer(model, methods, options)
-
-    # resume: only from a checkpoint of this very spec, data and code
+    # model, step and optimizer, resumed from a checkpoint of this very spec, data and code
+    session = build_session(spec, run_data, methods, dev)
     state = _load_checkpoint(out_dir / CHECKPOINT_FILE, run_hash)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        for method, method_state in zip(methods, state["methods"], strict=True):
-            method.load_state_dict(method_state)
-        if held_out is not None:
-            held_out.generator.set_state(state["held_out"])
-    history: list[dict[str, Any]] = [] if state is None else state["history"]
-    clock = {"train_seconds": 0.0, "iterations": 0} if state is None else state["clock"]
-    resumed_from = len(history)
+        session.load_state_dict(state)
+    resumed_from = len(session.history)
 
-    # loop: one epoch of steps, evaluation, checkpoint
-    label = f"{spec.method} seed{spec.seed}"
+    # loop: train an epoch, evaluate, checkpoint
+    epochs, n_batches = spec.training.epochs, -(-len(run_data.train) // spec.training.batch_size)
     with tqdm(
-        total=options.epochs * n_batches,
+        total=epochs * n_batches,
         initial=resumed_from * n_batches,
         disable=not progress,
-        desc=label,
+        desc=f"{spec.method} seed{spec.seed}",
         mininterval=2.0,
     ) as bar:
-        for epoch in range(resumed_from + 1, options.epochs + 1):
+        for epoch in range(resumed_from + 1, epochs + 1):
             epoch_start = time.perf_counter()
-            order = torch.randperm(
-                len(run_data.train), generator=_generator(spec.seed, f"shuffle{epoch}", torch.device("cpu"))
-            )
-            sums = EpochSums()
-            for x, y in batches(run_data.train, options.batch_size, order):
-                x, y = _as_float(x.to(dev, non_blocking=True)), y.to(dev, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                sums.add(stepper.step(x, y, epoch=epoch, iteration=clock["iterations"] + sums.steps))
-                optimizer.step()
-                bar.update()
+            sums = train_epoch(session, run_data.train, spec, epoch, dev, bar)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
-            clock["train_seconds"] += time.perf_counter() - epoch_start
-            clock["iterations"] += sums.steps
-            mean_loss = sums.mean("loss")
-            _check_finite(mean_loss, tasks, epoch, spec)
+            session.clock["train_seconds"] += time.perf_counter() - epoch_start
+            session.clock["iterations"] += sums.steps
+            _check_finite(sums.mean("loss"), run_data.data.tasks, epoch, spec)
             for method in methods:
-                method.on_epoch_end(epoch, mean_loss.to(dev))
+                method.on_epoch_end(epoch, sums.mean("loss").to(dev))
 
-            # evaluation
-            record = {
-                "epoch": epoch,
-                "train_loss": _by_task(mean_loss, tasks),
-                "loss_weights": _by_task(sums.mean("loss_weights"), tasks),
-                "grad_weights": _by_task(sums.mean("grad_weights"), tasks),
-                "diagnostics": {
-                    key: _by_task(sums.mean(key), tasks)
-                    for key in sums.sums
-                    if key not in ("loss", "loss_weights", "grad_weights")
-                },
-                "val": evaluate(model, run_data.data.splits["val"], tasks, dev, options.eval_batch_size),
-                "test": evaluate(model, run_data.data.splits["test"], tasks, dev, options.eval_batch_size),
-                "seconds": time.perf_counter() - epoch_start,
-            }
-            history.append(record)
-            bar.set_postfix(epoch=epoch, val=f"{selection_score(record['val'], tasks):.2f}")
+            record = epoch_record(epoch, sums, session, run_data, spec, dev)
+            session.history.append(record | {"seconds": time.perf_counter() - epoch_start})
+            bar.set_postfix(epoch=epoch, val=f"{selection_score(record['val'], run_data.data.tasks):.2f}")
 
-            # checkpoint
-            save_torch_atomic(
-                out_dir / CHECKPOINT_FILE,
-                {
-                    "run_hash": run_hash,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "methods": [method.state_dict() for method in methods],
-                    "held_out": None if held_out is None else held_out.generator.get_state(),
-                    "history": history,
-                    "clock": clock,
-                },
-            )
+            save_torch_atomic(out_dir / CHECKPOINT_FILE, session.state_dict(run_hash))
             if on_checkpoint is not None:
                 on_checkpoint(epoch)
 
     # selection and the run record, written last and atomically
-    result = run_record(
-        spec,
-        run_data,
-        methods,
-        history,
-        provenance | {"run_hash": run_hash, "resumed_from_epoch": resumed_from},
-        clock,
-        started,
-        dev,
-        out_dir,
-    )
+    provenance |= {"run_hash": run_hash, "resumed_from_epoch": resumed_from}
+    result = run_record(spec, run_data, methods, session.history, provenance, session.clock, started, dev, out_dir)
     write_json_atomic(out_dir / METRICS_FILE, result)
     return result
 
