@@ -35,7 +35,7 @@ from mtlrepro.models.lenet import LeNetEncoder
 from mtlrepro.step import Stepper
 from mtlrepro.train import pick_device
 from mtlrepro.weighting import parse_method, registry
-from mtlrepro.weighting.base import GRADIENT, SetupInfo
+from mtlrepro.weighting.base import GRADIENT
 
 
 def loss_fn(outputs, y):
@@ -68,20 +68,8 @@ def make_step(label: str, entries: dict, model: HPS, n_tasks: int, device, held_
         method = component.build(n_tasks, torch.Generator(device).manual_seed(i))
         built.append(method)
     stepper = Stepper(model, n_tasks, loss_fn, built[0], built[1], held_out)
-    info = SetupInfo(
-        n_tasks=n_tasks,
-        device=device,
-        shared_dim=sum(p.numel() for p in stepper.shared),
-        rep_shape=(model.encoder.rep_dim,),
-        steps_per_epoch=100,
-        epochs=100,
-        task_names=tuple(f"T{i}" for i in range(n_tasks)),
-    )
-    own = []
-    for method in stepper.methods:
-        method.setup(info)
-        method.to(device)
-        own += list(method.parameters())
+    stepper.setup(torch.zeros(1, 1, 36, 36, device=device), steps_per_epoch=100, epochs=100)
+    own = [p for method in stepper.methods for p in method.parameters()]
     counter = {"i": 0}
 
     def step(x, y):

@@ -40,6 +40,7 @@ from mtlrepro.weighting.base import (
     LossWeighting,
     Method,
     Need,
+    SetupInfo,
     apply_scale,
 )
 
@@ -147,8 +148,11 @@ class StepContext:
 
     def forward_losses(self, x: Tensor, y: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
         """Task losses [T] of the model on (x, y), with ``params`` (name -> tensor) replacing its own if given."""
-        model = self._stepper.model
-        outputs = model(x) if params is None else torch.func.functional_call(model, params, (x,))
+        predictor = self._stepper.predictor
+        if params is None:
+            outputs = predictor(x)
+        else:
+            outputs = torch.func.functional_call(predictor, {f"model.{k}": v for k, v in params.items()}, (x,))
         return self._stepper.loss_fn(outputs, y)
 
 
@@ -183,6 +187,7 @@ class Stepper:
         self.last_shared = list(model.last_shared_parameters())
         self.last_shared_slice = _slice_of(self.shared, self.last_shared)
         self._matrix: Tensor | None = None  # the preallocated parameter Jacobian [T x D]
+        self.predictor = Predictor(model, aggregator)
         needs = set().union(*(m.needs for m in self.methods))
         # one plain backward suffices when nobody needs a gradient and every head sees the weights
         self.plain = (
@@ -191,6 +196,23 @@ class Stepper:
             and loss_weighting is not None
             and loss_weighting.options.heads == "weighted"
         )
+
+    def setup(self, sample: Tensor, steps_per_epoch: int, epochs: int, task_names: Sequence[str] = ()) -> None:
+        """Set every method up for this model (sizes from one input ``sample`` [1 x ...]) and move it to its device."""
+        with torch.no_grad():
+            rep_shape = tuple(self.model.encode(sample).shape[1:])
+        info = SetupInfo(
+            n_tasks=self.n_tasks,
+            device=sample.device,
+            shared_dim=sum(p.numel() for p in self.shared),
+            rep_shape=rep_shape,
+            steps_per_epoch=steps_per_epoch,
+            epochs=epochs,
+            task_names=tuple(task_names),
+        )
+        for method in self.methods:
+            method.setup(info)
+            method.to(sample.device)
 
     @property
     def methods(self) -> list[Method]:
@@ -267,8 +289,10 @@ class Stepper:
                 aggregation, grad_weights = self._aggregate(ctx, lam)
                 if aggregation.method_loss is not None:
                     method_losses.append(aggregation.method_loss)
-                if self.aggregator.options.heads == "weighted" and grad_weights is not None:
-                    head_factor = grad_weights if head_factor is None else head_factor * grad_weights
+                heads = aggregation.head_weights if aggregation.head_weights is not None else grad_weights
+                if self.aggregator.options.heads == "weighted" and heads is not None:
+                    heads = heads.detach()
+                    head_factor = heads if head_factor is None else head_factor * heads
             else:
                 self._apply_loss_weights(ctx, lam)
             ctx._backward_heads()  # heads get their own gradient (if nothing asked for it yet)
@@ -325,6 +349,28 @@ class Stepper:
             for key, value in method.diagnostics().items():
                 found[f"{method.name}.{key}"] = value.detach()
         return found
+
+
+class Predictor(nn.Module):
+    """The model's outputs as the method sees them: heads read what the aggregator's ``head_inputs`` gives.
+
+    Evaluation and functional forward passes (MOML) go through it, so a method
+    that transforms the heads' input (RotoGrad's rotations) is evaluated as it
+    is trained.
+    """
+
+    def __init__(self, model: nn.Module, aggregator: GradientAggregator | None) -> None:
+        super().__init__()
+        self.model = model
+        self.aggregator = aggregator
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        z = self.model.encode(x)
+        if self.aggregator is not None:
+            inputs = self.aggregator.head_inputs([z] * self.aggregator.n_tasks)
+            if inputs is not None:
+                return self.model.decode_each(list(inputs))
+        return self.model.decode(z)
 
 
 def _scale_factor(weights: Tensor, scale: str) -> Tensor:

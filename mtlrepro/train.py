@@ -34,7 +34,7 @@ from mtlrepro.run import CHECKPOINT_FILE, METRICS_FILE, RUN_FORMAT, RunSpec, Tra
 from mtlrepro.seeding import derive_seed
 from mtlrepro.step import Stepper, StepResult
 from mtlrepro.weighting import build_stage
-from mtlrepro.weighting.base import GRADIENT, LOSS, Method, Need, SetupInfo
+from mtlrepro.weighting.base import GRADIENT, LOSS, Method, Need
 
 
 def pick_device(requested: str) -> torch.device:
@@ -120,7 +120,11 @@ def task_losses(outputs: Sequence[Tensor], y: Tensor, tasks: Sequence[Task]) -> 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, tasks: Sequence[Task], device: torch.device, batch_size: int) -> dict:
-    """Metrics of every task on ``split``: task -> metric -> value (accuracy in %)."""
+    """Metrics of every task on ``split``: task -> metric -> value (accuracy in %).
+
+    ``model`` maps inputs to the list of head outputs (the step's
+    :class:`~mtlrepro.step.Predictor`, so transformed head inputs are evaluated as trained).
+    """
     model.eval()
     correct = torch.zeros(len(tasks), dtype=torch.long)
     for x, y in batches(split, batch_size):
@@ -290,20 +294,8 @@ def build_session(spec: RunSpec, run_data: RunData, methods: list[Method], devic
         held_out = HeldOutSampler(run_data.held_out, options.batch_size, generator, device)
     loss_weighting, aggregator = (next((m for m in methods if m.kind == kind), None) for kind in (LOSS, GRADIENT))
     stepper = Stepper(model, len(tasks), partial(task_losses, tasks=tasks), loss_weighting, aggregator, held_out)
-    with torch.no_grad():
-        rep_shape = tuple(model.encode(sample).shape[1:])
-    info = SetupInfo(
-        n_tasks=len(tasks),
-        device=device,
-        shared_dim=sum(p.numel() for p in stepper.shared),
-        rep_shape=rep_shape,
-        steps_per_epoch=-(-len(run_data.train) // options.batch_size),
-        epochs=options.epochs,
-        task_names=tuple(t.name for t in tasks),
-    )
-    for method in methods:
-        method.setup(info)
-        method.to(device)
+    steps = -(-len(run_data.train) // options.batch_size)
+    stepper.setup(sample, steps, options.epochs, [t.name for t in tasks])
     return Session(model, make_optimizer(model, methods, options), methods, stepper, held_out)
 
 
@@ -334,8 +326,8 @@ def epoch_record(
         "loss_weights": _by_task(sums.mean("loss_weights"), tasks),
         "grad_weights": _by_task(sums.mean("grad_weights"), tasks),
         "diagnostics": {key: _by_task(sums.mean(key), tasks) for key in sums.sums if key not in scalars},
-        "val": evaluate(session.model, run_data.data.splits["val"], tasks, device, batch),
-        "test": evaluate(session.model, run_data.data.splits["test"], tasks, device, batch),
+        "val": evaluate(session.stepper.predictor, run_data.data.splits["val"], tasks, device, batch),
+        "test": evaluate(session.stepper.predictor, run_data.data.splits["test"], tasks, device, batch),
     }
 
 

@@ -26,6 +26,7 @@ from mtlrepro.weighting.base import (
     LossOptions,
     LossWeighting,
     Need,
+    SetupInfo,
 )
 
 from conftest import make_stepper, small_config, spec_for
@@ -64,6 +65,17 @@ def test_method_declares_the_contract(name):
     if issubclass(cls, GradientAggregator):
         assert Need.JACOBIAN in cls.needs or Need.GRAMIAN in cls.needs
     method = cls(len(TASKS), options, torch.Generator())
+    method.setup(
+        SetupInfo(
+            n_tasks=len(TASKS),
+            device=torch.device("cpu"),
+            shared_dim=100,
+            rep_shape=(50,),
+            steps_per_epoch=4,
+            epochs=2,
+            task_names=tuple(t.name for t in TASKS),
+        )
+    )
     own = list(method.parameters())
     assert (method.lr is not None) == bool(own), f"{name}: own parameters need an lr option, and only they"
     described = method.describe()

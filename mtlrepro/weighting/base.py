@@ -143,11 +143,17 @@ class LossWeights:
 
 @dataclass
 class Aggregation:
-    """An aggregator's answer: the shared update direction [D] and, when it is a weighted sum, its weights."""
+    """An aggregator's answer: the shared update direction [D] and, when it is a weighted sum, its weights.
+
+    ``head_weights`` [T], when given, is what the heads are scaled by under
+    ``heads: weighted`` instead of ``weights`` (IMTL scales the heads by e^s
+    but the shared gradients by alpha * e^s).
+    """
 
     direction: Tensor
     weights: Tensor | None = None
     method_loss: Tensor | None = None
+    head_weights: Tensor | None = None
 
 
 class Method(nn.Module):
