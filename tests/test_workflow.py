@@ -144,6 +144,12 @@ def test_rerun_after_a_method_edit_trains_from_scratch(finished):
     ("edit", "message"),
     [
         (lambda c: c["studies"]["small"]["methods"].append("pcgradd"), "unknown method 'pcgradd'"),
+        (lambda c: c["studies"]["small"]["methods"].append("rgw+rlw"), "the first method must be a loss weighting"),
+        (
+            lambda c: c["methods"]["rlw"].update(grad_wrt="representation"),
+            "methods.rlw.grad_wrt: 'representation' is not possible",
+        ),
+        (lambda c: c["methods"]["rgw"].update(distribution=3), "methods.rgw.distribution: 3 is not one of"),
         (lambda c: c["studies"]["small"].update(dataset="nope"), "dataset 'nope' is unknown"),
         (lambda c: c["studies"]["small"].update(seeds=["x"]), "seeds[0]: 'x' is not of type 'integer'"),
         # --configfile merges into the default config, so a missing key needs a new study
