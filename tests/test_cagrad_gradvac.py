@@ -19,8 +19,6 @@ from scipy.optimize import minimize
 from torchjd.aggregation import GradVac as TorchjdGradVac
 from torchjd.autojac import jac_to_grad, mtl_backward
 
-from mtlrepro.archs import build_model
-from mtlrepro.data import Task
 from mtlrepro.errors import ConfigError
 from mtlrepro.weighting import parse_method
 from mtlrepro.weighting.cagrad import CAGrad, cagrad_weights, rescale_factor
@@ -31,28 +29,12 @@ from mtlrepro.weighting.gradvac import (
     partner_orders,
 )
 
-from conftest import make_stepper
+from conftest import TASKS, batch, gradient_cases, losses_of, make_stepper, tiny_model
 
 DIM = 40
 
 
-def gradient_matrices(n_tasks: int, seed: int) -> list[tuple[str, torch.Tensor]]:
-    """Random [T x DIM] matrices (float64): generic, with a conflicting pair, near-parallel, one dominant task."""
-    g = torch.Generator().manual_seed(2000 * n_tasks + seed)
-    out = [("generic", torch.randn(n_tasks, DIM, generator=g, dtype=torch.float64))]
-    conflict = torch.randn(n_tasks, DIM, generator=g, dtype=torch.float64)
-    conflict[1] = -0.8 * conflict[0] + 0.1 * torch.randn(DIM, generator=g, dtype=torch.float64)
-    out.append(("conflicting", conflict))
-    base = torch.randn(DIM, generator=g, dtype=torch.float64)
-    out.append(("near-parallel", base + 1e-3 * torch.randn(n_tasks, DIM, generator=g, dtype=torch.float64)))
-    dominant = torch.randn(n_tasks, DIM, generator=g, dtype=torch.float64)
-    dominant[0] *= 30.0
-    out.append(("dominant", dominant))
-    return out
-
-
-CASES = [(n, name, m) for n in (2, 3, 5, 10) for seed in (0, 1) for name, m in gradient_matrices(n, seed)]
-IDS = [f"T{n}-{name}-{i % 8 // 4}" for i, (n, name, _) in enumerate(CASES)]
+CASES, IDS = gradient_cases(seed_base=2000)  # generator seeds 2000 * n_tasks + seed
 C = 0.4
 
 
@@ -233,24 +215,6 @@ def test_gradvac_options():
 
 # --------------------------------------------------------------------------- the whole step on a tiny HPS
 
-TASKS = tuple(Task(f"t{i}", 10) for i in range(3))
-
-
-def tiny_model():
-    torch.manual_seed(0)
-    return build_model("hps", "lenet", (1, 36, 36), [10] * len(TASKS)).double()
-
-
-def batch(seed: int):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(8, 1, 36, 36, generator=g, dtype=torch.float64), torch.randint(10, (8, len(TASKS)), generator=g)
-
-
-def per_task_losses(model, x, y):
-    z = model.encode(x)
-    outs = model.decode(z)
-    return z, torch.stack([torch.nn.functional.cross_entropy(o, y[:, t]) for t, o in enumerate(outs)])
-
 
 def test_cagrad_step_sets_the_weighted_sum_of_the_parameter_gradients():
     model = tiny_model()
@@ -258,7 +222,7 @@ def test_cagrad_step_sets_the_weighted_sum_of_the_parameter_gradients():
     x, y = batch(1)
     result = make_stepper(model, TASKS, "cagrad").step(x, y)
     # independent reference: the per-task Jacobian of the shared parameters, the primal optimum, the rescaling
-    _, losses = per_task_losses(reference, x, y)
+    _, losses = losses_of(reference, x, y)
     shared = list(reference.encoder.parameters())
     rows = [
         torch.cat([g.reshape(-1) for g in torch.autograd.grad(losses[t], shared, retain_graph=True)]) for t in range(3)
@@ -290,7 +254,7 @@ def test_gradvac_steps_match_torchjd_through_the_whole_step():
         model.zero_grad(set_to_none=True)
         result = stepper.step(x, y, iteration=step)
         reference.zero_grad(set_to_none=True)
-        z, losses = per_task_losses(reference, x, y)
+        z, losses = losses_of(reference, x, y)
         heads = [list(h.parameters()) for h in reference.heads]
         shared = list(reference.encoder.parameters())
         mtl_backward(list(losses), z, tasks_params=heads, shared_params=shared, retain_graph=True)

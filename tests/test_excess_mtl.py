@@ -36,7 +36,7 @@ from mtlrepro.weighting import parse_method
 from mtlrepro.weighting.base import SetupInfo
 from mtlrepro.weighting.excess_mtl import ExcessMTL, excess_risk, exponentiated_update
 
-from conftest import make_stepper
+from conftest import TASKS, make_stepper
 
 RTOL, ATOL = 1e-5, 1e-9
 """Comparisons with torchjd: float64 inputs; the only numerical difference is torchjd's +1e-7 on E0, a relative
@@ -221,9 +221,6 @@ def test_state_round_trip_continues_identically(warmup):
 # --------------------------------------------------------------------------- through the step
 
 
-TASKS3 = (Task("A", 10), Task("B", 10), Task("C", 10))
-
-
 def lenet_and_batches(n_tasks: int = 3, n_batches: int = 4):
     torch.manual_seed(0)
     model = build_model("hps", "lenet", (1, 36, 36), [10] * n_tasks).double()
@@ -251,7 +248,7 @@ def test_step_matches_torchjd_on_lenet_with_warmup():
     # Paper defaults (heads unweighted, simplex) against torchjd with n_warmup_steps = one epoch of 2 steps.
     model, batches = lenet_and_batches()
     reference = copy.deepcopy(model)
-    stepper = make_stepper(model, TASKS3, "excess_mtl", {"excess_mtl": {"warmup_epochs": 1}})
+    stepper = make_stepper(model, TASKS, "excess_mtl", {"excess_mtl": {"warmup_epochs": 1}})
     aggregator = TorchJDExcessMTL(robust_step_size=1.0, n_warmup_steps=2)
     for step, (x, y) in enumerate(batches):
         model.zero_grad(set_to_none=True)
@@ -268,7 +265,7 @@ def test_public_code_options_weight_heads_and_sum_to_t():
     # warmup: first_step, scale: tasks, heads: weighted reproduces yifei-he/ExcessMTL's ExcessMTL.py.
     model, batches = lenet_and_batches()
     stepper = make_stepper(
-        model, TASKS3, "excess_mtl", {"excess_mtl": {"warmup": "first_step", "scale": "tasks", "heads": "weighted"}}
+        model, TASKS, "excess_mtl", {"excess_mtl": {"warmup": "first_step", "scale": "tasks", "heads": "weighted"}}
     )
     for step, (x, y) in enumerate(batches[:3]):
         model.zero_grad(set_to_none=True)

@@ -17,13 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from mtlrepro.archs import build_model
-from mtlrepro.data import Task
 from mtlrepro.errors import ConfigError
 from mtlrepro.train import make_optimizer
 from mtlrepro.weighting import parse_method
 from mtlrepro.weighting.gradnorm import GradNorm
 
-from conftest import make_stepper
+from conftest import TASKS, make_model_and_batch, make_stepper
 
 ALPHA = 1.5
 
@@ -275,17 +274,10 @@ def test_state_round_trip_continues_identically(parametrisation, initial_loss):
 
 # --------------------------------------------------------------------------- through the step
 
-TASKS = (Task("A", 10), Task("B", 10), Task("C", 10))
-
 
 @pytest.fixture
 def model_and_batch():
-    torch.manual_seed(0)
-    model = build_model("hps", "lenet", (1, 36, 36), [10] * 3).double()
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(8, 1, 36, 36, generator=g, dtype=torch.float64)
-    y = torch.randint(10, (8, 3), generator=g)
-    return model, x, y
+    return make_model_and_batch(batch_seed=1)
 
 
 def per_task_gradients(model, x, y):

@@ -17,13 +17,11 @@ from torchjd.aggregation import IMTLG as TorchjdIMTLG
 from torchjd.autojac import jac_to_grad, mtl_backward
 from torchjd.scalarization import IMTLL as TorchjdIMTLL
 
-from mtlrepro.archs import build_model
-from mtlrepro.data import Task
 from mtlrepro.errors import ConfigError
 from mtlrepro.weighting import parse_method
 from mtlrepro.weighting._imtl import _least_squares, imtl_g_weights, imtl_l_terms
 
-from conftest import make_stepper
+from conftest import TASKS, assert_same_grads, grads_of, losses_of, make_model_and_batch, make_stepper
 
 DIM = 20
 
@@ -148,33 +146,12 @@ def test_imtl_l_terms_match_torchjd_scalarizer():
 
 # --------------------------------------------------------------------------- through the step
 
-TASKS = (Task("A", 10), Task("B", 10), Task("C", 10))
 T = len(TASKS)
 
 
 @pytest.fixture
 def model_and_batch():
-    torch.manual_seed(0)
-    model = build_model("hps", "lenet", (1, 36, 36), [t.n_classes for t in TASKS]).double()
-    x = torch.rand(6, 1, 36, 36, dtype=torch.float64)
-    y = torch.randint(10, (6, T))
-    return model, x, y
-
-
-def grads_of(model) -> dict[str, torch.Tensor]:
-    return {name: p.grad.clone() for name, p in model.named_parameters()}
-
-
-def assert_same_grads(a, b):
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], msg=f"gradient of {name} differs")
-
-
-def forward(model, x, y):
-    z = model.encode(x)
-    outs = model.decode(z)
-    return z, torch.stack([torch.nn.functional.cross_entropy(o, y[:, t]) for t, o in enumerate(outs)])
+    return make_model_and_batch(batch_size=6)
 
 
 def stepper_for(model, expression, entries=None):
@@ -193,7 +170,7 @@ def test_imtl_g_params_mode_step_matches_torchjd_mtl_backward(model_and_batch):
     model, x, y = model_and_batch
     reference = copy.deepcopy(model)
     result = stepper_for(model, "imtl_g", {"imtl_g": {"grad_wrt": "params"}}).step(x, y)
-    z, losses = forward(reference, x, y)
+    z, losses = losses_of(reference, x, y)
     heads = [list(h.parameters()) for h in reference.heads]
     mtl_backward(
         list(losses), z, tasks_params=heads, shared_params=list(reference.encoder.parameters()), retain_graph=True
@@ -211,7 +188,7 @@ def test_imtl_g_default_is_representation_mode_and_matches_torchjd_on_z_gradient
     assert stepper.aggregator.options.grad_wrt == "representation"
     stepper.step(x, y)
     assert stepper._matrix is None  # no parameter Jacobian was built
-    z, losses = forward(reference, x, y)
+    z, losses = losses_of(reference, x, y)
     rows = torch.stack([torch.autograd.grad(losses[t], z, retain_graph=True)[0].reshape(-1) for t in range(T)])
     direction = TorchjdIMTLG()(rows)
     z.backward(direction.view_as(z), inputs=list(reference.encoder.parameters()), retain_graph=True)
@@ -230,7 +207,7 @@ def test_imtl_l_step_matches_torchjd_scalarizer_for_every_parameter(model_and_ba
     result = stepper.step(x, y)
     scalarizer = TorchjdIMTLL(T).double()
     set_log_scale(scalarizer, [0.2, -0.5, 0.9])
-    _, losses = forward(reference, x, y)
+    _, losses = losses_of(reference, x, y)
     scalarizer(losses).backward()
     assert_same_grads(grads_of(model), grads_of(reference))
     torch.testing.assert_close(method.log_scale.grad, scalarizer.log_scale.grad)
@@ -263,7 +240,7 @@ def test_imtl_hybrid_params_mode_matches_a_torchjd_reference(model_and_batch):
     set_log_scale(stepper.aggregator, scales)
     stepper.step(x, y)
     s = scales.clone().requires_grad_(True)
-    z, losses = forward(reference, x, y)
+    z, losses = losses_of(reference, x, y)
     scaled = torch.exp(s) * losses - s
     heads = [list(h.parameters()) for h in reference.heads]
     mtl_backward(
@@ -280,7 +257,7 @@ def test_imtl_hybrid_in_a_combination_scales_the_weighted_losses(model_and_batch
     stepper = stepper_for(model, "ew+imtl")
     set_log_scale(stepper.aggregator, [0.1, 0.2, 0.3])
     result = stepper.step(x, y)
-    _, losses = forward(copy.deepcopy(model), x, y)
+    _, losses = losses_of(copy.deepcopy(model), x, y)
     s = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
     torch.testing.assert_close(stepper.aggregator.log_scale.grad, torch.exp(s) * losses.detach() / T - 1)
     assert torch.isclose(result.diagnostics["imtl.alpha"].sum(), torch.ones((), dtype=torch.float64))

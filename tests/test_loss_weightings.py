@@ -17,13 +17,11 @@ import torch
 import torch.nn.functional as F
 import torchjd.scalarization as tjd
 
-from mtlrepro.archs import build_model
-from mtlrepro.data import Task
 from mtlrepro.errors import ConfigError
 from mtlrepro.weighting import parse_method
 from mtlrepro.weighting.base import apply_scale
 
-from conftest import make_stepper
+from conftest import TASKS, assert_same_grads, grads_of, make_stepper, tiny_model
 
 DOUBLE = torch.float64
 TASK_COUNTS = (2, 3, 5, 10)
@@ -70,13 +68,7 @@ def scalarizer_weights(scalarizer, losses: torch.Tensor) -> torch.Tensor:
     return grad
 
 
-TASKS = (Task("A", 10), Task("B", 10), Task("C", 10))
 T = len(TASKS)
-
-
-def tiny_model():
-    torch.manual_seed(0)
-    return build_model("hps", "lenet", (1, 36, 36), [t.n_classes for t in TASKS]).double()
 
 
 def batches(n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -97,16 +89,6 @@ def sgd(params, lr: float) -> None:
             if p.grad is not None:
                 p -= lr * p.grad
                 p.grad = None
-
-
-def grads_of(model) -> dict[str, torch.Tensor]:
-    return {name: p.grad.clone() for name, p in model.named_parameters()}
-
-
-def assert_same_grads(a, b) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], msg=f"gradient of {name} differs")
 
 
 def assert_same_params(model, reference) -> None:

@@ -14,7 +14,6 @@ import pytest
 import torch
 import yaml
 
-from mtlrepro.archs import build_model
 from mtlrepro.cli import main
 from mtlrepro.data import Task
 from mtlrepro.weighting import registry
@@ -29,22 +28,12 @@ from mtlrepro.weighting.base import (
     SetupInfo,
 )
 
-from conftest import make_stepper, small_config, spec_for
+from conftest import batch, make_stepper, small_config, spec_for, tiny_model
 
 METHODS = sorted(registry())
 LOSS_METHODS = [name for name in METHODS if registry()[name].kind == LOSS]
 GRADIENT_METHODS = [name for name in METHODS if registry()[name].kind == GRADIENT]
 TASKS = tuple(Task(f"t{i}", 10) for i in range(3))
-
-
-def tiny_model():
-    torch.manual_seed(0)
-    return build_model("hps", "lenet", (1, 36, 36), [10] * len(TASKS)).double()
-
-
-def batch(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(8, 1, 36, 36, generator=g, dtype=torch.float64), torch.randint(10, (8, len(TASKS)), generator=g)
 
 
 def held_out():

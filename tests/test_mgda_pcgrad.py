@@ -19,38 +19,17 @@ from torchjd.aggregation import MGDA as TorchjdMGDA
 from torchjd.aggregation import PCGrad as TorchjdPCGrad
 from torchjd.autojac import jac_to_grad, mtl_backward
 
-from mtlrepro.archs import build_model
-from mtlrepro.data import Task
 from mtlrepro.errors import ConfigError
 from mtlrepro.weighting import parse_method
 from mtlrepro.weighting.mgda import MGDA, MGDAOptions, gradient_normalizers, mgda_weights, min_norm_weights
 from mtlrepro.weighting.pcgrad import PCGrad, PCGradOptions, pcgrad_coefficients, pcgrad_direction, task_orders
 
-from conftest import make_stepper
+from conftest import TASKS, gradient_cases, grads_of, losses_of, make_model_and_batch, make_stepper
 
 DIM = 40
 
 
-def gradient_matrices(n_tasks: int, seed: int) -> list[tuple[str, torch.Tensor]]:
-    """Random [T x DIM] matrices (float64): generic, with a conflicting pair, near-parallel, one dominant task."""
-    g = torch.Generator().manual_seed(1000 * n_tasks + seed)
-    out = []
-    generic = torch.randn(n_tasks, DIM, generator=g, dtype=torch.float64)
-    out.append(("generic", generic))
-    conflict = torch.randn(n_tasks, DIM, generator=g, dtype=torch.float64)
-    conflict[1] = -0.8 * conflict[0] + 0.1 * torch.randn(DIM, generator=g, dtype=torch.float64)
-    out.append(("conflicting", conflict))
-    base = torch.randn(DIM, generator=g, dtype=torch.float64)
-    parallel = base + 1e-3 * torch.randn(n_tasks, DIM, generator=g, dtype=torch.float64)
-    out.append(("near-parallel", parallel))
-    dominant = torch.randn(n_tasks, DIM, generator=g, dtype=torch.float64)
-    dominant[0] *= 30.0
-    out.append(("dominant", dominant))
-    return out
-
-
-CASES = [(n, name, m) for n in (2, 3, 5, 10) for seed in (0, 1) for name, m in gradient_matrices(n, seed)]
-IDS = [f"T{n}-{name}-{i % 8 // 4}" for i, (n, name, _) in enumerate(CASES)]
+CASES, IDS = gradient_cases(seed_base=1000)  # generator seeds 1000 * n_tasks + seed
 
 
 def qp_min_norm(grads: torch.Tensor) -> torch.Tensor:
@@ -173,27 +152,10 @@ def test_mgda_options_are_checked():
 
 # --------------------------------------------------------------------------- the whole step on a tiny HPS
 
-TASKS = tuple(Task(f"t{i}", 10) for i in range(3))
-
 
 @pytest.fixture
 def model_and_batch():
-    torch.manual_seed(0)
-    model = build_model("hps", "lenet", (1, 36, 36), [10] * len(TASKS)).double()
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(8, 1, 36, 36, generator=g, dtype=torch.float64)
-    y = torch.randint(10, (8, len(TASKS)), generator=g)
-    return model, x, y
-
-
-def per_task_losses(model, x, y):
-    z = model.encode(x)
-    outs = model.decode(z)
-    return z, torch.stack([torch.nn.functional.cross_entropy(o, y[:, t]) for t, o in enumerate(outs)])
-
-
-def grads_of(model):
-    return {name: p.grad.clone() for name, p in model.named_parameters()}
+    return make_model_and_batch(batch_seed=1)
 
 
 @pytest.mark.parametrize("heads", ["unweighted", "weighted"])
@@ -204,7 +166,7 @@ def test_mgda_ub_step_uses_the_min_norm_weights_of_the_normalised_representation
     result = make_stepper(model, TASKS, "mgda", entries).step(x, y)
 
     # independent reference: dl_t/dz over the full [B x d] tensor, divided by loss * ||.|| ("loss+"), QP
-    z, losses = per_task_losses(reference, x, y)
+    z, losses = losses_of(reference, x, y)
     rows = torch.stack([torch.autograd.grad(losses[t], z, retain_graph=True)[0] for t in range(len(TASKS))])
     flat = rows.reshape(len(TASKS), -1)
     normalized = flat / (losses.detach() * flat.norm(dim=1))[:, None]
@@ -236,7 +198,7 @@ def test_mgda_in_a_combination_normalises_by_the_weighted_losses(model_and_batch
     result = make_stepper(combined, TASKS, "rlw+mgda", {"mgda": entry}, seeds=(5, 6)).step(x, y)
     lam, alpha = result.loss_weights, result.grad_weights
     torch.testing.assert_close(alpha, plain.grad_weights, rtol=1e-6, atol=1e-9)
-    _, losses = per_task_losses(model, x, y)
+    _, losses = losses_of(model, x, y)
     shared = list(model.encoder.parameters())
     expected = torch.autograd.grad((alpha * lam * losses).sum(), shared)
     for p, e in zip(combined.encoder.parameters(), expected, strict=True):
@@ -255,7 +217,7 @@ def test_pcgrad_step_on_parameters_is_torchjds_pcgrad(model_and_batch):
     torch.manual_seed(12)  # torchjd's PCGrad draws its orders from the global generator, ours from seed 12
     for _ in range(2):
         reference.zero_grad(set_to_none=True)
-        z, losses = per_task_losses(reference, x, y)
+        z, losses = losses_of(reference, x, y)
         heads = [list(h.parameters()) for h in reference.heads]
         shared = list(reference.encoder.parameters())
         mtl_backward(list(losses), z, tasks_params=heads, shared_params=shared, retain_graph=True)

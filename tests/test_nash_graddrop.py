@@ -16,14 +16,12 @@ import torch
 from scipy.optimize import root
 from torchjd.aggregation import GradDrop as TorchjdGradDrop
 
-from mtlrepro.archs import build_model
-from mtlrepro.data import Task
 from mtlrepro.errors import ConfigError
 from mtlrepro.weighting import parse_method
 from mtlrepro.weighting.graddrop import graddrop_direction, graddrop_masks, sign_purity
 from mtlrepro.weighting.nash_mtl import clip_norm, nash_weights
 
-from conftest import make_stepper
+from conftest import TASKS, assert_same_grads, grads_of, losses_of, make_model_and_batch, make_stepper
 
 DIM = 30
 KINDS = ("random", "conflicting", "near_parallel", "scaled")
@@ -173,33 +171,12 @@ def test_nash_matches_torchjd_when_cvxpy_is_installed():
 
 # --------------------------------------------------------------------------- through the step
 
-TASKS = (Task("A", 10), Task("B", 10), Task("C", 10))
 T = len(TASKS)
 
 
 @pytest.fixture
 def model_and_batch():
-    torch.manual_seed(0)
-    model = build_model("hps", "lenet", (1, 36, 36), [t.n_classes for t in TASKS]).double()
-    x = torch.rand(6, 1, 36, 36, dtype=torch.float64)
-    y = torch.randint(10, (6, T))
-    return model, x, y
-
-
-def grads_of(model) -> dict[str, torch.Tensor]:
-    return {name: p.grad.clone() for name, p in model.named_parameters()}
-
-
-def assert_same_grads(a, b):
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], msg=f"gradient of {name} differs")
-
-
-def forward(model, x, y):
-    z = model.encode(x)
-    outs = model.decode(z)
-    return z, torch.stack([torch.nn.functional.cross_entropy(o, y[:, t]) for t, o in enumerate(outs)])
+    return make_model_and_batch(batch_size=6)
 
 
 def test_nash_step_is_weighted_loss_backward_then_clip_grad_norm_on_shared(model_and_batch):
@@ -208,7 +185,7 @@ def test_nash_step_is_weighted_loss_backward_then_clip_grad_norm_on_shared(model
     reference = copy.deepcopy(model)
     result = make_stepper(model, TASKS, "nash_mtl").step(x, y)
     alpha = result.grad_weights
-    _, losses = forward(reference, x, y)
+    _, losses = losses_of(reference, x, y)
     shared = list(reference.encoder.parameters())
     rows = [torch.autograd.grad(losses[t], shared, retain_graph=True) for t in range(T)]
     jacobian = torch.stack([torch.cat([g.reshape(-1) for g in row]) for row in rows])
@@ -326,7 +303,7 @@ def test_graddrop_step_backpropagates_the_masked_representation_gradient(model_a
     stepper = make_stepper(model, TASKS, "graddrop", seeds=(11, 12))
     result = stepper.step(x, y)
     assert result.grad_weights is None and stepper._matrix is None
-    z, losses = forward(reference, x, y)
+    z, losses = losses_of(reference, x, y)
     rows = torch.stack([torch.autograd.grad(losses[t], z, retain_graph=True)[0] for t in range(T)])
     # the paper's quantities written out element by element
     flat = rows.reshape(T, z.shape[0], -1)

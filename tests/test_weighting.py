@@ -7,39 +7,17 @@ import torch
 from torchjd.aggregation import Mean, Random
 from torchjd.autojac import jac_to_grad, mtl_backward
 
-from mtlrepro.archs import build_model
-from mtlrepro.data import Task
 from mtlrepro.errors import ConfigError
 from mtlrepro.weighting import parse_method, registry
 from mtlrepro.weighting.base import GRADIENT, LOSS
 
-from conftest import make_stepper
+from conftest import TASKS, assert_same_grads, grads_of, losses_of, make_stepper
 
-TASKS = (Task("A", 10), Task("B", 10), Task("C", 10))
 T = len(TASKS)
-
-
-@pytest.fixture
-def model_and_batch():
-    torch.manual_seed(0)
-    model = build_model("hps", "lenet", (1, 36, 36), [t.n_classes for t in TASKS]).double()
-    x = torch.rand(8, 1, 36, 36, dtype=torch.float64)
-    y = torch.randint(10, (8, T))
-    return model, x, y
 
 
 def stepper_for(model, expression, seeds=(11, 12), entries=None):
     return make_stepper(model, TASKS, expression, entries, seeds)
-
-
-def grads_of(model):
-    return {name: p.grad.clone() for name, p in model.named_parameters()}
-
-
-def losses_of(model, x, y):
-    z = model.encode(x)
-    outs = model.decode(z)
-    return z, torch.stack([torch.nn.functional.cross_entropy(o, y[:, t]) for t, o in enumerate(outs)])
 
 
 def reference_mtl(model, x, y, aggregator, loss_weights=None):
@@ -52,12 +30,6 @@ def reference_mtl(model, x, y, aggregator, loss_weights=None):
     mtl_backward(list(losses), z, tasks_params=heads, shared_params=shared, retain_graph=True)
     jac_to_grad(shared, aggregator)
     return grads_of(model)
-
-
-def assert_same_grads(a, b):
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], msg=f"gradient of {name} differs")
 
 
 def test_rgw_matches_torchjd_random_aggregator(model_and_batch):
