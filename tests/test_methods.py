@@ -177,3 +177,72 @@ def test_run_record_states_where_weights_act_and_their_scale(small_data, tmp_pat
     rlw, rgw = on_disk["methods"]
     assert rlw["options"]["scale"] == "simplex" and rlw["options"]["heads"] == "weighted"
     assert rgw["options"]["heads"] == "unweighted" and rgw["options"]["grad_wrt"] == "params"
+
+
+@pytest.mark.parametrize("expression", METHODS)
+def test_weights_have_the_declared_scale(expression):
+    cls = registry()[expression]
+    scale = getattr(cls.Options(), "scale", None)
+    model = tiny_model()
+    stepper = make_stepper(model, TASKS, expression, held_out=held_out)
+    x, y = batch()
+    result = stepper.step(x, y)
+    weights = result.loss_weights if cls.kind == LOSS else result.grad_weights
+    if scale in ("simplex", "tasks") and weights is not None:
+        target = 1.0 if scale == "simplex" else float(len(TASKS))
+        torch.testing.assert_close(weights.sum(), torch.tensor(target, dtype=weights.dtype))
+
+
+@pytest.mark.parametrize("scale", ["simplex", "tasks"])
+@pytest.mark.parametrize("expression", [m for m in METHODS if "scale" in registry()[m].Options.__dataclass_fields__])
+def test_the_scale_option_switches_every_method_that_has_it(expression, scale):
+    stepper = make_stepper(tiny_model(), TASKS, expression, entries={expression: {"scale": scale}}, held_out=held_out)
+    result = stepper.step(*batch())
+    weights = result.loss_weights if registry()[expression].kind == LOSS else result.grad_weights
+    target = 1.0 if scale == "simplex" else float(len(TASKS))
+    torch.testing.assert_close(weights.sum(), torch.tensor(target, dtype=weights.dtype))
+
+
+def test_own_parameters_train_in_their_own_group_without_weight_decay(small_data):
+    from mtlrepro.train import build_methods, make_optimizer
+
+    spec = spec_for("uw+gradnorm", weight_decay=0.01)
+    methods = build_methods(spec, 2, torch.device("cpu"))
+    model = tiny_model(2)
+    optimizer = make_optimizer(model, methods, spec.training)
+    model_group, *own = optimizer.param_groups
+    assert model_group["weight_decay"] == 0.01 and model_group["lr"] == spec.training.lr
+    assert [group["lr"] for group in own] == [m.lr for m in methods]
+    assert all(group["weight_decay"] == 0.0 for group in own)
+    assert [list(group["params"]) for group in own] == [list(m.parameters()) for m in methods]
+
+
+def test_representation_gradients_need_an_architecture_with_one_shared_representation(monkeypatch):
+    from mtlrepro import archs
+    from mtlrepro.errors import ConfigError
+    from mtlrepro.studies import expand
+
+    class Columns(torch.nn.Module):
+        """An architecture whose heads read different tensors (as cross-stitch does)."""
+
+    monkeypatch.setitem(archs.ARCHS, "columns", Columns)
+    config = small_config(methods=("mgda", "rlw+pcgrad"))
+    config["studies"]["small"]["arch"] = "columns"
+    with pytest.raises(ConfigError, match=r"studies.small.methods\[0\]: 'mgda' asks for representation gradients"):
+        expand(config)
+    config["studies"]["small"]["methods"] = ["ew", "rlw+pcgrad"]  # parameter gradients: allowed
+    assert len(expand(config)["small"].runs) == 2
+
+
+def test_planning_and_reporting_never_import_training():
+    import subprocess
+
+    code = (
+        "import sys, mtlrepro.studies, mtlrepro.config, mtlrepro.run, mtlrepro.report.tables, "
+        "mtlrepro.report.figures, mtlrepro.weighting; "
+        "mtlrepro.weighting.registry(); "
+        "bad = [m for m in ('mtlrepro.train', 'mtlrepro.step') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
