@@ -6,7 +6,8 @@ Its directory is a pure function of those (DESIGN "The run: the unit of work")::
     results/runs/{dataset}/{arch}/{method}/{noise}/seed{seed}/
 
 and holds ``metrics.json`` (format :data:`RUN_FORMAT`), written atomically as
-the job's last act, and ``checkpoint.pt``. Studies plan runs as
+the job's last act, ``selected.pt`` (the selected epoch's weights, written just
+before it) and ``checkpoint.pt``. Studies plan runs as
 :class:`RunSpec`, training executes one, reports read the records: all three
 import this module, and it imports none of them.
 
@@ -35,6 +36,8 @@ from mtlrepro.options import build_options
 RUN_FORMAT = "mtlrepro.run/2"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+SELECTED_FILE = "selected.pt"
+"""The model weights of the selected epoch (``{"epoch", "model"}``), for analyses such as flatness."""
 RUNS_DIR = "results/runs"
 
 #: modules of the training core: every run's numbers depend on them (found by path, never imported here)

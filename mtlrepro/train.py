@@ -30,7 +30,15 @@ from mtlrepro.data.noise import corrupt_labels
 from mtlrepro.errors import ConfigError, TrainingError
 from mtlrepro.io import digest, save_torch_atomic, write_json_atomic
 from mtlrepro.metrics import HIGHER, correct_count
-from mtlrepro.run import CHECKPOINT_FILE, METRICS_FILE, RUN_FORMAT, RunSpec, TrainingOptions, run_provenance
+from mtlrepro.run import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    RUN_FORMAT,
+    SELECTED_FILE,
+    RunSpec,
+    TrainingOptions,
+    run_provenance,
+)
 from mtlrepro.seeding import derive_seed
 from mtlrepro.step import Stepper, StepResult
 from mtlrepro.weighting import build_stage
@@ -259,6 +267,15 @@ class Session:
     held_out: HeldOutSampler | None
     history: list[dict[str, Any]] = field(default_factory=list)
     clock: dict[str, Any] = field(default_factory=lambda: {"train_seconds": 0.0, "iterations": 0})
+    selected: dict[str, Any] | None = None
+    """``{"epoch", "model"}``: the weights of the epoch the selection rule picks so far (on the CPU)."""
+
+    def consider(self, tasks: Sequence[Task], rule: str) -> None:
+        """Keep the latest epoch's weights if the selection rule now picks it (validation split only)."""
+        chosen = select_epoch(self.history, tasks, rule)
+        if self.selected is None or chosen["epoch"] != self.selected["epoch"]:
+            model = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.selected = {"epoch": chosen["epoch"], "model": model}
 
     def state_dict(self, run_hash: str) -> dict[str, Any]:
         return {
@@ -269,6 +286,7 @@ class Session:
             "held_out": None if self.held_out is None else self.held_out.generator.get_state(),
             "history": self.history,
             "clock": self.clock,
+            "selected": self.selected,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -279,6 +297,7 @@ class Session:
         if self.held_out is not None:
             self.held_out.generator.set_state(state["held_out"])
         self.history, self.clock = list(state["history"]), dict(state["clock"])
+        self.selected = state["selected"]
 
 
 def build_session(spec: RunSpec, run_data: RunData, methods: list[Method], device: torch.device) -> Session:
@@ -387,13 +406,15 @@ def train(
 
             record = epoch_record(epoch, sums, session, run_data, spec, dev)
             session.history.append(record | {"seconds": time.perf_counter() - epoch_start})
+            session.consider(run_data.data.tasks, spec.training.selection)
             bar.set_postfix(epoch=epoch, val=f"{selection_score(record['val'], run_data.data.tasks):.2f}")
 
             save_torch_atomic(out_dir / CHECKPOINT_FILE, session.state_dict(run_hash))
             if on_checkpoint is not None:
                 on_checkpoint(epoch)
 
-    # selection and the run record, written last and atomically
+    # the selected epoch's weights, then the run record, written last and atomically
+    save_torch_atomic(out_dir / SELECTED_FILE, session.selected)
     provenance |= {"run_hash": run_hash, "resumed_from_epoch": resumed_from}
     result = run_record(spec, run_data, methods, session.history, provenance, session.clock, started, dev, out_dir)
     write_json_atomic(out_dir / METRICS_FILE, result)

@@ -154,3 +154,57 @@ def test_derived_seeds_are_stable_and_distinct():
     assert derive_seed(0, "init") == derive_seed(0, "init")
     assert derive_seed(0, "split/val", bits=32) < 2**32
     assert len({derive_seed(s, p) for s in range(3) for p in ("init", "loss", "grad")}) == 9
+
+
+def test_selection_follows_validation_when_test_disagrees(small_data, tmp_path, monkeypatch):
+    # Scripted evaluations: validation peaks at epoch 2, test at epoch 3; a rule that looked at test would pick 3.
+    import torch
+
+    from mtlrepro import train as train_module
+
+    val = iter([50.0, 70.0, 60.0])
+    test = iter([90.0, 40.0, 95.0])
+
+    def scripted(model, split, tasks, device, batch_size):
+        value = next(val) if split is scripted.splits["val"] else next(test)
+        return {task.name: {"acc": value} for task in tasks}
+
+    real_prepare = train_module.prepare_run_data
+
+    def remember_splits(*args, **kwargs):
+        run_data = real_prepare(*args, **kwargs)
+        scripted.splits = run_data.data.splits
+        return run_data
+
+    monkeypatch.setattr(train_module, "evaluate", scripted)
+    monkeypatch.setattr(train_module, "prepare_run_data", remember_splits)
+    record = train(spec_for("ew", epochs=3), small_data, tmp_path / "run", progress=False)
+    assert record["selection"] == {
+        "rule": "best_val",
+        "description": "highest mean validation score over tasks",
+        "epoch": 2,
+    }
+    assert record["final"]["test"]["TL"]["acc"] == 40.0
+    selected = torch.load(tmp_path / "run" / "selected.pt", weights_only=False)
+    last = torch.load(tmp_path / "run" / CHECKPOINT_FILE, weights_only=False)["model"]
+    assert selected["epoch"] == 2
+    assert any(not torch.equal(selected["model"][k], last[k]) for k in last)
+
+
+def test_selected_weights_survive_a_resume(small_data, tmp_path):
+    import torch
+
+    spec = spec_for("rlw", epochs=2)
+    straight = train(spec, small_data, tmp_path / "straight", progress=False)
+
+    def die_after_first_epoch(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, small_data, tmp_path / "resumed", progress=False, on_checkpoint=die_after_first_epoch)
+    train(spec, small_data, tmp_path / "resumed", progress=False)
+    a = torch.load(tmp_path / "straight" / "selected.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "selected.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == straight["selection"]["epoch"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
