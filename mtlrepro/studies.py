@@ -25,6 +25,7 @@ from mtlrepro.archs import arch_class
 from mtlrepro.data import dataset_module, resolve_options
 from mtlrepro.data.noise import check_noise
 from mtlrepro.errors import ConfigError
+from mtlrepro.options import build_options
 from mtlrepro.run import MethodRef, RunSpec, code_files, resolve_training
 from mtlrepro.weighting import Component, MethodSpec, parse_method
 
@@ -104,6 +105,9 @@ def expand(config: Mapping[str, Any]) -> dict[str, Study]:
         for i, expression in enumerate(study["methods"]):
             method = parse_method(expression, entries, f"{where}.methods[{i}]")
             check_arch_supports(method, arch, f"{where}.methods[{i}]")
+            for component in method.components:
+                options = build_options(component.cls.Options, component.options, f"methods.{component.entry}")
+                component.cls.check(options, [t.name for t in module.TASKS], f"methods.{component.entry}")
             methods.append(method)
         noises = [
             check_noise(n, module.TASKS, f"{where}.noise[{i}]", dataset=dataset)

@@ -179,6 +179,10 @@ class Method(nn.Module):
         self.options = options
         self.generator = generator
 
+    @classmethod
+    def check(cls, options: Any, task_names: Sequence[str], where: str) -> None:
+        """Refuse options that do not fit the study's dataset (a :class:`ConfigError` naming ``where``'s key)."""
+
     # ------------------------------------------------------------------ lifecycle
     def setup(self, info: SetupInfo) -> None:
         """Called once before the first step (and before a checkpoint is loaded): allocate state."""
