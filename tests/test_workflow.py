@@ -121,6 +121,23 @@ def test_adding_a_seed_schedules_only_that_seed(finished):
     assert run_dirs(jobs) == {f"{m}/clean/seed1" for m in METHODS}
 
 
+def test_a_configfile_runs_exactly_its_own_studies(finished):
+    # --configfile replaces the embedded default (config/config.yaml): no study of the default is merged in
+    default = finished / "config" / "config.yaml"
+    original = default.read_text()
+    config = yaml.safe_load(original)
+    config["studies"] = {"only": {"dataset": "multi_digits", "methods": ["ew"], "seeds": [5]}}
+    (finished / "only.yaml").write_text(yaml.safe_dump(config))
+    extra = {"default": {"dataset": "multi_digits", "methods": ["rlw"], "seeds": [7]}}
+    default.write_text(yaml.safe_dump({**config, "studies": extra}))
+    try:
+        jobs = scheduled(finished, "--configfile", "only.yaml")
+    finally:
+        default.write_text(original)
+    assert run_dirs(jobs) == {"ew/clean/seed5"}
+    assert all("/only/" in out for out in jobs["table"] | jobs["figure"])
+
+
 def test_editing_the_training_core_reruns_every_run(finished):
     with edited(finished / "mtlrepro" / "train.py"):
         jobs = scheduled(finished)
@@ -152,7 +169,6 @@ def test_rerun_after_a_method_edit_trains_from_scratch(finished):
         (lambda c: c["methods"]["rgw"].update(distribution=3), "methods.rgw.distribution: 3 is not one of"),
         (lambda c: c["studies"]["small"].update(dataset="nope"), "dataset 'nope' is unknown"),
         (lambda c: c["studies"]["small"].update(seeds=["x"]), "seeds[0]: 'x' is not of type 'integer'"),
-        # --configfile merges into the default config, so a missing key needs a new study
         (
             lambda c: c["studies"].update(other={"dataset": "multi_digits", "seeds": [0]}),
             "studies.other: 'methods' is a required property",

@@ -16,6 +16,12 @@ from mtlrepro.errors import ConfigError
 from mtlrepro.io import canonical_json
 from mtlrepro.studies import data_file, dataset_sources, run_sources, runs_by_directory
 
+# A --configfile replaces the embedded default rather than merging into it:
+# `snakemake --configfile config/paper.yaml` runs exactly that file's studies.
+if workflow.overwrite_configfiles:
+    config.clear()
+    config.update(workflow.config_settings.overwrite_config)
+
 try:
     STUDIES = check_config(
         config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
