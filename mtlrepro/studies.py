@@ -44,15 +44,107 @@ def run_sources(spec: RunSpec) -> list[str]:
     return [str(path) for path in code_files(spec)]
 
 
+TABLE_KINDS = ("method_table", "combination_grid", "architecture_grid", "flatness")
+"""Outputs written as CSV + Markdown + LaTeX under ``results/tables/{study}/{kind}.*``."""
+FIGURE_KINDS = ("learning_curves", "weight_trajectories", "noise_sweep", "loss_profile", "excess_risk", "flatness")
+"""Outputs drawn as PNG + PDF under ``results/figures/{study}/{kind}.*`` (flatness is both)."""
+DEFAULT_OUTPUTS = ({"kind": "method_table"}, {"kind": "learning_curves"})
+PAPERS = {"rw": "Random Weighting (Lin et al.)", "excess_mtl": "ExcessMTL (He et al.)"}
+
+
 @dataclass(frozen=True)
 class Study:
-    """A named grid of runs that becomes one table and one figure."""
+    """A named grid of runs that becomes one table or figure of a paper (and its outputs).
+
+    ``outputs`` are mappings ``{"kind": ..., **options}``; ``published`` names a
+    table of the reference folder whose numbers the twin table puts beside ours.
+    """
 
     name: str
     title: str
     dataset: str
-    arch: str
+    archs: tuple[str, ...]
     runs: tuple[RunSpec, ...]
+    paper: str = "rw"
+    reproduces: str = ""
+    baseline: str = "ew"
+    outputs: tuple[Mapping[str, Any], ...] = DEFAULT_OUTPUTS
+    published: str | None = None
+    seeds: tuple[int, ...] = ()
+
+    @property
+    def arch(self) -> str:
+        """The first architecture (studies over one architecture)."""
+        return self.archs[0]
+
+    def kinds(self) -> list[str]:
+        return [output["kind"] for output in self.outputs]
+
+    def output(self, kind: str) -> Mapping[str, Any]:
+        """The options of output ``kind``."""
+        return next(output for output in self.outputs if output["kind"] == kind)
+
+    def to_json(self) -> dict[str, Any]:
+        """What report commands are told about the study (everything but its runs)."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "paper": self.paper,
+            "paper_title": PAPERS[self.paper],
+            "reproduces": self.reproduces,
+            "dataset": self.dataset,
+            "archs": list(self.archs),
+            "baseline": self.baseline,
+            "outputs": [dict(o) for o in self.outputs],
+            "published": self.published,
+            "seeds": list(self.seeds),
+            "methods": list(dict.fromkeys(run.method for run in self.runs)),
+        }
+
+
+def expand_variants(study: Mapping[str, Any], entries: Mapping[str, Any], where: str) -> tuple[list[str], dict]:
+    """The study's methods with its option ``variants`` added, and the method entries they need.
+
+    ``variants: {rlw: {distribution: [uniform, dirichlet]}}`` adds the entries
+    ``rlw-uniform`` and ``rlw-dirichlet`` (RW Figure 2's five distributions are
+    one study). A variant's entry is the base entry with that one option changed.
+    """
+    methods = list(study["methods"])
+    entries = dict(entries)
+    for base, options in (study.get("variants") or {}).items():
+        base_entry = dict(entries.get(base) or {})
+        base_entry.setdefault("weighting", base)
+        for option, values in options.items():
+            for value in values:
+                name = variant_name(base, option, value)
+                if name in entries and entries[name] != {**base_entry, option: value}:
+                    raise ConfigError(
+                        f"{where}.variants.{base}.{option}: method entry {name!r} already exists with other options"
+                    )
+                entries[name] = {**base_entry, option: value}
+                if name not in methods:
+                    methods.append(name)
+    return methods, entries
+
+
+def variant_name(base: str, option: str, value: Any) -> str:
+    """The entry name of a variant: ``rlw-dirichlet`` for a string value, ``cagrad-c0p6`` for a number."""
+    if isinstance(value, str):
+        return f"{base}-{value}"
+    return f"{base}-{option}{value}".replace(".", "p").lower()
+
+
+def check_outputs(study: Mapping[str, Any], where: str) -> tuple[Mapping[str, Any], ...]:
+    """The study's outputs as ``{"kind", ...}`` mappings; a kind that needs what the study lacks is refused."""
+    outputs = tuple({"kind": o} if isinstance(o, str) else dict(o) for o in study.get("outputs") or DEFAULT_OUTPUTS)
+    kinds = [o["kind"] for o in outputs]
+    if len(set(kinds)) != len(kinds):
+        raise ConfigError(f"{where}.outputs: an output kind is listed twice ({', '.join(kinds)})")
+    if "noise_sweep" in kinds and len(study.get("noise") or [{}]) < 2:
+        raise ConfigError(f"{where}.outputs: noise_sweep needs at least two noise levels in {where}.noise")
+    if "architecture_grid" in kinds and len(study.get("archs") or [study.get("arch", "hps")]) < 2:
+        raise ConfigError(f"{where}.outputs: architecture_grid needs at least two architectures in {where}.archs")
+    return outputs
 
 
 def dataset_sources(dataset: str) -> list[str]:
@@ -80,9 +172,13 @@ def check_arch_supports(method: MethodSpec, arch: str, where: str) -> None:
 
 
 def expand(config: Mapping[str, Any]) -> dict[str, Study]:
-    """Expand every study of a schema-valid ``config``; :class:`ConfigError` on a bad name or value."""
+    """Expand every study of a schema-valid ``config``; :class:`ConfigError` on a bad name or value.
+
+    A study's runs are the product architectures x noise levels x methods x
+    seeds, in that order.
+    """
     datasets_cfg = config.get("datasets") or {}
-    entries = config.get("methods") or {}
+    config_entries = config.get("methods") or {}
     for name in datasets_cfg:
         dataset_module(name)  # unknown dataset keys are errors too
     studies = {}
@@ -93,22 +189,31 @@ def expand(config: Mapping[str, Any]) -> dict[str, Study]:
             module = dataset_module(dataset)
         except ConfigError as err:
             raise ConfigError(f"{where}.dataset: {err}") from None
-        arch = study.get("arch", "hps")
-        try:
-            arch_class(arch)
-        except ConfigError as err:
-            raise ConfigError(f"{where}.arch: {err}") from None
+        archs = tuple(study.get("archs") or [study.get("arch", "hps")])
+        for i, arch in enumerate(archs):
+            try:
+                arch_class(arch)
+            except ConfigError as err:
+                raise ConfigError(f"{where}.archs[{i}]: {err}") from None
         dataset_cfg = datasets_cfg.get(dataset) or {}
         data_options = resolve_options(dataset, dataset_cfg.get("options"))
         training = resolve_training(dataset_cfg.get("training"), f"datasets.{dataset}.training")
+        expressions, entries = expand_variants(study, config_entries, where)
         methods = []
-        for i, expression in enumerate(study["methods"]):
+        for i, expression in enumerate(expressions):
             method = parse_method(expression, entries, f"{where}.methods[{i}]")
-            check_arch_supports(method, arch, f"{where}.methods[{i}]")
+            for arch in archs:
+                check_arch_supports(method, arch, f"{where}.methods[{i}]")
             for component in method.components:
                 options = build_options(component.cls.Options, component.options, f"methods.{component.entry}")
                 component.cls.check(options, [t.name for t in module.TASKS], f"methods.{component.entry}")
             methods.append(method)
+        baseline = study.get("baseline", "ew")
+        outputs = check_outputs(study, where)
+        compared = {"combination_grid", "architecture_grid"} & {o["kind"] for o in outputs}
+        if compared and baseline not in expressions:
+            needs = ", ".join(sorted(compared))
+            raise ConfigError(f"{where}.baseline: {baseline!r} is not one of the study's methods (needed by {needs})")
         noises = [
             check_noise(n, module.TASKS, f"{where}.noise[{i}]", dataset=dataset)
             for i, n in enumerate(study.get("noise") or [{}])
@@ -125,11 +230,24 @@ def expand(config: Mapping[str, Any]) -> dict[str, Study]:
                 data_options=data_options,
                 training=training,
             )
+            for arch in archs
             for noise in noises
             for method in methods
             for seed in study["seeds"]
         )
-        studies[name] = Study(name, study.get("title", name), dataset, arch, runs)
+        studies[name] = Study(
+            name=name,
+            title=study.get("title", name),
+            dataset=dataset,
+            archs=archs,
+            runs=runs,
+            paper=study.get("paper", "rw"),
+            reproduces=study.get("reproduces", ""),
+            baseline=baseline,
+            outputs=outputs,
+            published=study.get("published"),
+            seeds=tuple(study["seeds"]),
+        )
     return studies
 
 

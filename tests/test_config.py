@@ -104,3 +104,63 @@ def test_cli_check_config_exits_2_with_one_line(tmp_path, capsys):
     assert main(["check-config", str(path), "--schema", str(SCHEMA)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pcgradd" in err and err.startswith("mtlrepro: error:")
+
+
+def test_a_study_over_two_noise_levels_and_two_architectures_expands_to_exactly_its_runs(monkeypatch):
+    from mtlrepro import archs
+    from mtlrepro.archs.hps import HPS
+
+    class OtherHPS(HPS):
+        """A second architecture for the expansion (the real ones arrive with the models issue)."""
+
+    monkeypatch.setitem(archs.ARCHS, "other", OtherHPS)
+    config = small_config(methods=("ew", "rlw"), seeds=(0, 1), noise=[{}, {"BR": 0.4}])
+    config["studies"]["small"].update(archs=["hps", "other"], outputs=["architecture_grid", "noise_sweep"])
+    study = check_config(config, SCHEMA)["small"]
+    expected = {
+        f"results/runs/multi_digits/{arch}/{method}/{noise}/seed{seed}"
+        for arch in ("hps", "other")
+        for noise in ("clean", "BR0.4")
+        for method in ("ew", "rlw")
+        for seed in (0, 1)
+    }
+    order = [r.directory.split("/", 3)[3] for r in study.runs[:5]] + [study.runs[8].directory.split("/", 3)[3]]
+    assert order == [
+        "hps/ew/clean/seed0",
+        "hps/ew/clean/seed1",
+        "hps/rlw/clean/seed0",
+        "hps/rlw/clean/seed1",
+        "hps/ew/BR0.4/seed0",
+        "other/ew/clean/seed0",
+    ]
+    assert {r.directory for r in study.runs} == expected and len(study.runs) == 16
+    assert study.archs == ("hps", "other") and study.kinds() == ["architecture_grid", "noise_sweep"]
+
+
+def test_variants_add_one_method_entry_per_value():
+    config = small_config(methods=("ew", "rlw"))
+    config["studies"]["small"]["variants"] = {"rlw": {"distribution": ["dirichlet", "c_bernoulli"]}}
+    study = check_config(config, SCHEMA)["small"]
+    assert [r.method for r in study.runs] == ["ew", "rlw", "rlw-dirichlet", "rlw-c_bernoulli"]
+    assert study.runs[3].loss.options["distribution"] == "c_bernoulli" and study.runs[3].loss.weighting == "rlw"
+    assert study.to_json()["methods"] == ["ew", "rlw", "rlw-dirichlet", "rlw-c_bernoulli"]
+
+
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        ({"outputs": ["noise_sweep"]}, "noise_sweep needs at least two noise levels"),
+        ({"outputs": ["architecture_grid"]}, "architecture_grid needs at least two architectures"),
+        ({"outputs": ["method_table", "method_table"]}, "listed twice"),
+        ({"outputs": ["pie_chart"]}, "outputs[0]"),
+        ({"paper": "other"}, "paper: 'other' is not one of"),
+        ({"variants": {"rlw": {"distribution": ["gaussian"]}}}, "methods.rlw-gaussian.distribution: 'gaussian'"),
+        ({"outputs": ["combination_grid"], "baseline": "uw"}, "baseline: 'uw' is not one of the study's methods"),
+    ],
+)
+def test_bad_study_keys_name_the_key(update, message):
+    config = small_config()
+    config["studies"]["small"].update(update)
+    with pytest.raises(ConfigError) as caught:
+        check_config(config, SCHEMA)
+    assert message in str(caught.value)
