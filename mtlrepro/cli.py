@@ -6,8 +6,9 @@
     mtlrepro check-config config/config.yaml       # validate a config, list its runs
     mtlrepro prepare multi_digits --out resources/data/multi_digits.pt
     mtlrepro train --spec '{...}' --data resources/data/multi_digits.pt --out results/runs/...
-    mtlrepro table --title T --out-csv t.csv --out-md t.md results/runs/.../metrics.json ...
-    mtlrepro figure --title T --out-png f.png --out-pdf f.pdf results/runs/.../metrics.json ...
+    mtlrepro table method_table --study '{...}' --out results/tables/rw/s/method_table results/runs/.../metrics.json
+    mtlrepro figure learning_curves --study '{...}' --out results/figures/rw/s/learning_curves .../metrics.json
+    mtlrepro flatness results/runs/... --data resources/data/multi_digits.pt --out results/analysis/.../flatness.json
 
 A user error (bad config, missing data, non-finite loss) prints one line
 ``mtlrepro: error: ...`` and exits non-zero, without a traceback.
@@ -93,19 +94,45 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from mtlrepro.report.runs import load_runs
-    from mtlrepro.report.tables import summary_table, write_table
+    from mtlrepro.report.outputs import write_table
 
-    runs = load_runs(args.metrics)
-    write_table(summary_table(runs, baseline=args.baseline), runs, args.title, args.out_csv, args.out_md)
+    write_table(args.kind, args.inputs, _json_arg(args.study), args.out)
     return 0
 
 
 def cmd_figure(args: argparse.Namespace) -> int:
-    from mtlrepro.report.figures import accuracy_curves
-    from mtlrepro.report.runs import load_runs
+    from mtlrepro.report.outputs import write_figure
 
-    accuracy_curves(load_runs(args.metrics), args.title, args.out_png, args.out_pdf)
+    write_figure(args.kind, args.inputs, _json_arg(args.study), args.out)
+    return 0
+
+
+def cmd_twin(args: argparse.Namespace) -> int:
+    from mtlrepro.report.outputs import write_twin
+
+    write_twin(args.kind, args.inputs, _json_arg(args.study), args.out)
+    return 0
+
+
+def cmd_scorecard(args: argparse.Namespace) -> int:
+    from mtlrepro.config import check_config, load_yaml
+    from mtlrepro.report.evidence import write_scorecard
+
+    config = _json_arg(args.config) if args.config.lstrip().startswith("{") else load_yaml(args.config)
+    studies = [study.to_json() for study in check_config(config, args.schema).values()]
+    verdicts = write_scorecard(studies, args.metrics, args.analyses, args.out)
+    for verdict in verdicts:
+        print(f"{verdict.claim_id}: {verdict.verdict}")
+    return 0
+
+
+def cmd_flatness(args: argparse.Namespace) -> int:
+    from mtlrepro.analysis.flatness import analyse_run
+
+    result = analyse_run(
+        args.run_dir, args.data, args.out, args.batches, args.batch_size, args.seed, threads=args.threads
+    )
+    print(f"{args.run_dir}: top Hessian eigenvalue {result['top_eigenvalue']:.4g}")
     return 0
 
 
@@ -137,18 +164,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    for name, func, outs in (
-        ("table", cmd_table, ("--out-csv", "--out-md")),
-        ("figure", cmd_figure, ("--out-png", "--out-pdf")),
+    for name, func, suffixes in (
+        ("table", cmd_table, ".csv/.md/.tex"),
+        ("figure", cmd_figure, ".png/.pdf"),
+        ("twin", cmd_twin, ".csv/.md/.tex"),
     ):
-        p = sub.add_parser(name, help=f"write a study's {name} from its runs' metrics.json files")
-        p.add_argument("metrics", nargs="+")
-        p.add_argument("--title", required=True)
-        for out in outs:
-            p.add_argument(out, required=True)
-        if name == "table":
-            p.add_argument("--baseline", default="ew")
+        p = sub.add_parser(name, help=f"write one {name} of a study from its runs' records")
+        p.add_argument("kind", help="the output kind (e.g. method_table, learning_curves)")
+        p.add_argument("inputs", nargs="+", help="metrics.json of every run (flatness: the runs' flatness.json)")
+        p.add_argument("--study", required=True, help="the study's description as a JSON object")
+        p.add_argument("--out", required=True, help=f"output path without suffix ({suffixes} are added)")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("scorecard", help="judge every claim of both papers and list every published number")
+    p.add_argument("--config", required=True, help="the config (a YAML file or a JSON object) whose studies ran")
+    p.add_argument("--schema", default=DEFAULT_SCHEMA)
+    p.add_argument("--metrics", nargs="*", default=[], help="metrics.json of every run")
+    p.add_argument("--analyses", nargs="*", default=[], help="flatness.json of every analysed run")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_scorecard)
+
+    p = sub.add_parser("flatness", help="measure the flatness of a run's selected model (RW Figure 1)")
+    p.add_argument("run_dir")
+    p.add_argument("--data", required=True, help="the prepared dataset cache")
+    p.add_argument("--out", required=True, help="the flatness.json to write")
+    p.add_argument("--batches", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_flatness)
     return parser
 
 

@@ -18,6 +18,15 @@ from typing import Any
 import torch
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def canonical_json(obj: Any) -> str:
     """Serialise ``obj`` with sorted keys and no spaces, so equal specs give equal text."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
@@ -37,6 +46,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared files like any other
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)

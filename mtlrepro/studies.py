@@ -48,6 +48,8 @@ TABLE_KINDS = ("method_table", "combination_grid", "architecture_grid", "flatnes
 """Outputs written as CSV + Markdown + LaTeX under ``results/tables/{study}/{kind}.*``."""
 FIGURE_KINDS = ("learning_curves", "weight_trajectories", "noise_sweep", "loss_profile", "excess_risk", "flatness")
 """Outputs drawn as PNG + PDF under ``results/figures/{study}/{kind}.*`` (flatness is both)."""
+TWIN_KINDS = ("method_table", "combination_grid", "architecture_grid")
+"""Tables that get a published-vs-reproduced twin when the study names a ``published`` table."""
 DEFAULT_OUTPUTS = ({"kind": "method_table"}, {"kind": "learning_curves"})
 PAPERS = {"rw": "Random Weighting (Lin et al.)", "excess_mtl": "ExcessMTL (He et al.)"}
 
@@ -99,6 +101,7 @@ class Study:
             "published": self.published,
             "seeds": list(self.seeds),
             "methods": list(dict.fromkeys(run.method for run in self.runs)),
+            "noise_labels": list(dict.fromkeys(run.noise_label for run in self.runs)),
         }
 
 

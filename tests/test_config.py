@@ -80,11 +80,13 @@ def test_bad_config_names_key_and_value(case):
     assert message in str(caught.value)
 
 
-def test_default_configs_are_valid():
-    studies = check_config(yaml.safe_load((REPO / "config" / "config.yaml").read_text()), SCHEMA)
-    assert studies, "the embedded default declares at least one study"
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml"])
+def test_shipped_configs_are_valid(name):
+    studies = check_config(yaml.safe_load((REPO / "config" / name).read_text()), SCHEMA)
+    assert studies, "a shipped config declares at least one study"
     for study in studies.values():
         assert {r.method for r in study.runs} >= {"ew"}
+        assert study.reproduces and study.paper in ("rw", "excess_mtl")
 
 
 def test_run_directory_is_a_pure_function_of_the_run():

@@ -19,7 +19,7 @@ from conftest import REPO, small_config
 
 pytestmark = pytest.mark.workflow
 
-COPIED = ("Snakefile", "workflow", "mtlrepro", "envs", "config")
+COPIED = ("Snakefile", "workflow", "mtlrepro", "envs", "config", "reference")
 METHODS = ("ew", "rlw", "rgw", "rlw+rgw")
 
 
@@ -87,10 +87,13 @@ def test_full_run_writes_runs_table_figure_and_logs(finished):
     for method in METHODS:
         assert (finished / f"results/runs/multi_digits/hps/{method}/clean/seed0/metrics.json").is_file()
         assert (finished / f"results/logs/train/multi_digits/hps/{method}/clean/seed0.log").is_file()
-    table = (finished / "results/tables/small/summary.md").read_text()
-    assert "Stand-in" in table and "rlw+rgw" in table
-    for figure in ("test_accuracy.png", "test_accuracy.pdf"):
-        assert (finished / "results/figures/small" / figure).stat().st_size > 1000
+    table = (finished / "results/tables/rw/small/method_table.md").read_text()
+    assert "Stand-in data" in table and "rlw+rgw" in table and "over 1 seed" in table
+    assert "\\begin{tabular}" in (finished / "results/tables/rw/small/method_table.tex").read_text()
+    for figure in ("learning_curves.png", "learning_curves.pdf"):
+        assert (finished / "results/figures/rw/small" / figure).stat().st_size > 1000
+    scorecard = (finished / "results/scorecard.md").read_text()
+    assert "rw-rlw-comparable" in scorecard and "Published numbers" in scorecard
 
 
 def test_nothing_changed_schedules_nothing(finished):
@@ -101,7 +104,7 @@ def test_editing_a_method_module_reruns_only_its_runs(finished):
     with edited(finished / "mtlrepro" / "weighting" / "rlw.py"):
         jobs = scheduled(finished)
     assert run_dirs(jobs) == {"rlw/clean/seed0", "rlw+rgw/clean/seed0"}
-    assert set(jobs) == {"train", "table", "figure", "all"}
+    assert set(jobs) == {"train", "study_table", "study_figure", "scorecard", "all"}
 
 
 def test_changing_a_method_hyperparameter_reruns_only_its_runs(finished):
@@ -135,7 +138,7 @@ def test_a_configfile_runs_exactly_its_own_studies(finished):
     finally:
         default.write_text(original)
     assert run_dirs(jobs) == {"ew/clean/seed5"}
-    assert all("/only/" in out for out in jobs["table"] | jobs["figure"])
+    assert all("/only/" in out for out in jobs["study_table"] | jobs["study_figure"])
 
 
 def test_editing_the_training_core_reruns_every_run(finished):
@@ -191,7 +194,7 @@ def test_report_bundles_table_and_figure(finished):
     result = snakemake(finished, "--report", "report.html")
     assert result.returncode == 0, result.stderr[-3000:]
     html = (finished / "report.html").read_text(errors="replace")
-    assert "summary.csv" in html and "test_accuracy.png" in html
+    assert "method_table.csv" in html and "learning_curves.png" in html and "scorecard.md" in html
 
 
 def test_lint_and_format_are_clean():

@@ -60,7 +60,7 @@ def test_grid_covers_rw_table4():
 @pytest.mark.parametrize("study", ["small", "combinations"])
 def test_every_run_is_finite_and_in_its_table(finished, study):
     config = yaml.safe_load((finished / "config" / "config.yaml").read_text())
-    table = (finished / f"results/tables/{study}/summary.md").read_text()
+    table = (finished / f"results/tables/rw/{study}/method_table.md").read_text()
     for method in config["studies"][study]["methods"]:
         record = json.loads((finished / f"results/runs/multi_digits/hps/{method}/clean/seed0/metrics.json").read_text())
         losses = record["epochs"][-1]["train_loss"].values()

@@ -14,7 +14,15 @@ sys.path.insert(0, workflow.basedir)
 from mtlrepro.config import check_config
 from mtlrepro.errors import ConfigError
 from mtlrepro.io import canonical_json
-from mtlrepro.studies import data_file, dataset_sources, run_sources, runs_by_directory
+from mtlrepro.studies import (
+    FIGURE_KINDS,
+    TABLE_KINDS,
+    TWIN_KINDS,
+    data_file,
+    dataset_sources,
+    run_sources,
+    runs_by_directory,
+)
 
 # A --configfile replaces the embedded default rather than merging into it:
 # `snakemake --configfile config/paper.yaml` runs exactly that file's studies.
@@ -30,18 +38,25 @@ except ConfigError as err:
     raise WorkflowError(f"config error: {err}") from None
 
 RUNS = runs_by_directory(STUDIES)
+FLATNESS_MODULE = Path(workflow.basedir) / "mtlrepro" / "analysis" / "flatness.py"
+REFERENCE_FILES = sorted(
+    str(p) for p in Path(workflow.basedir, "reference").rglob("*.csv")
+)
 DATA_OPTIONS = {run.dataset: run.data_options for run in RUNS.values()}
 DEVICE = config.get("device", "auto")
 TRAIN_RESOURCES = config.get("resources", {})
+FLATNESS = config.get("analysis", {}).get("flatness", {})
 
 
 wildcard_constraints:
     dataset=r"[a-z0-9_]+",
     arch=r"[a-z0-9_]+",
-    method=r"[a-z0-9_-]+(\+[a-z0-9_-]+)?",
+    method=r"[a-z][A-Za-z0-9_-]*(\+[a-z][A-Za-z0-9_-]*)?",
     noise=r"[A-Za-z0-9_.]+",
     seed=r"\d+",
     study=r"[A-Za-z0-9_-]+",
+    paper=r"rw|excess_mtl",
+    kind=r"[a-z_]+",
 
 
 def run_of(wildcards):
@@ -61,14 +76,60 @@ def study_metrics(wildcards):
     return [run.metrics_file for run in STUDIES[wildcards.study].runs]
 
 
-def all_targets():
-    """The table and figure files of every study."""
+def analysis_file(run, name):
+    """An analysis of one run: results/analysis/<the run's path>/<name>.json."""
+    analysis_dir = run.directory.replace("results/runs/", "results/analysis/", 1)
+    return str(Path(analysis_dir, f"{name}.json"))
+
+
+def study_inputs(wildcards):
+    """What a study's output reads: the runs' records, or their flatness analyses."""
+    if wildcards.kind == "flatness":
+        return [analysis_file(run, "flatness") for run in STUDIES[wildcards.study].runs]
+    return study_metrics(wildcards)
+
+
+def study_json(wildcards):
+    """The study's description, for the report commands."""
+    return canonical_json(STUDIES[wildcards.study].to_json())
+
+
+def flatness_sources(wildcards):
+    """Code a flatness analysis depends on: the analysis and the run's model code."""
+    run = run_of(wildcards)
+    return sorted(
+        {str(FLATNESS_MODULE), *(s for s in run_sources(run) if "/weighting/" not in s)}
+    )
+
+
+def study_targets(study):
+    """The table and figure files a study's outputs produce."""
     targets = []
-    for name in STUDIES:
-        targets += [
-            f"results/tables/{name}/summary.csv",
-            f"results/tables/{name}/summary.md",
-            f"results/figures/{name}/test_accuracy.png",
-            f"results/figures/{name}/test_accuracy.pdf",
-        ]
+    for kind in study.kinds():
+        if kind in TABLE_KINDS:
+            base = f"results/tables/{study.paper}/{study.name}/{kind}"
+            targets += [f"{base}.csv", f"{base}.md", f"{base}.tex"]
+        if kind in FIGURE_KINDS:
+            base = f"results/figures/{study.paper}/{study.name}/{kind}"
+            targets += [f"{base}.png", f"{base}.pdf"]
+        if kind in TWIN_KINDS and study.published:
+            base = f"results/tables/{study.paper}/{study.name}/{kind}_vs_published"
+            targets += [f"{base}.csv", f"{base}.md", f"{base}.tex"]
     return targets
+
+
+def all_analyses(wildcards=None):
+    """The flatness analyses of every study that shows flatness."""
+    found = {
+        analysis_file(run, "flatness")
+        for study in STUDIES.values()
+        if "flatness" in study.kinds()
+        for run in study.runs
+    }
+    return sorted(found)
+
+
+def all_targets():
+    """The outputs of every study, and the scorecard."""
+    targets = [target for study in STUDIES.values() for target in study_targets(study)]
+    return targets + ["results/scorecard.md"]
