@@ -1,20 +1,23 @@
-"""Tests of mtlrepro.report: loading run files, the summary table and accuracy-curve figures."""
+"""Tests of mtlrepro.report.runs: loading and checking run files, long-form frames."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from mtlrepro.errors import DataError
-from mtlrepro.report.figures import accuracy_curves
-from mtlrepro.report.runs import CURVE_COLUMNS, RUN_COLUMNS, curves_frame, load_runs, runs_frame
-from mtlrepro.report.tables import summary_table, write_table
+from mtlrepro.report.runs import (
+    CURVE_COLUMNS,
+    RUN_COLUMNS,
+    check_one_run_per_seed,
+    curves_frame,
+    load_runs,
+    runs_frame,
+)
 
 STAND_IN = "Stand-in for Multi-MNIST: synthetic digits (no download)"
 TWO_TASKS = {"TL": {"acc": "higher"}, "BR": {"acc": "higher"}}
@@ -183,130 +186,4 @@ def test_duplicate_method_seed_is_refused(tmp_path: Path) -> None:
     clean = study_paths(tmp_path, methods=["ew"], seeds=[0])
     noisy = study_paths(tmp_path, methods=["ew"], seeds=[0], noise="noisy")
     with pytest.raises(DataError, match=f"{noisy[0]}: method 'ew' seed 0 also comes from"):
-        summary_table(load_runs(clean + noisy))
-
-
-# --------------------------------------------------------------------------- table
-
-
-def test_summary_means_stds_and_order(runs: list[dict[str, Any]]) -> None:
-    table = summary_table(runs)
-    assert list(table.index) == METHODS
-    assert table.index.name == "method"
-    assert list(table.columns) == [
-        "TL_acc_mean", "TL_acc_std", "BR_acc_mean", "BR_acc_std", "avg_mean", "avg_std", "n_seeds", "delta_p",
-    ]  # fmt: skip
-    for method in METHODS:
-        for task in ("TL", "BR"):
-            values = np.array(TEST_ACC[method][task])
-            assert table.loc[method, f"{task}_acc_mean"] == pytest.approx(values.mean(), abs=1e-12)
-            assert table.loc[method, f"{task}_acc_std"] == pytest.approx(values.std(ddof=1), abs=1e-12)
-        avg = (np.array(TEST_ACC[method]["TL"]) + np.array(TEST_ACC[method]["BR"])) / 2
-        assert table.loc[method, "avg_mean"] == pytest.approx(avg.mean(), abs=1e-12)
-        assert table.loc[method, "avg_std"] == pytest.approx(avg.std(ddof=1), abs=1e-12)
-        assert table.loc[method, "n_seeds"] == 3
-
-
-def test_summary_delta_p_by_hand(runs: list[dict[str, Any]]) -> None:
-    table = summary_table(runs, baseline="ew")
-    # EW means over seeds: TL 91, BR 82. Δp is linear in the method's metrics, so the mean over
-    # seeds equals 100/T * sum_t (mean_t - B_t) / B_t with T = 2 tasks.
-    assert table.loc["ew", "delta_p"] == 0.0
-    assert table.loc["rlw", "delta_p"] == pytest.approx(50.0 * ((92 - 91) / 91 + (83 - 82) / 82), rel=1e-12)
-    assert table.loc["rgw", "delta_p"] == pytest.approx(50.0 * ((91 - 91) / 91 + (81 - 82) / 82), rel=1e-12)
-
-
-def test_summary_validation_split(runs: list[dict[str, Any]]) -> None:
-    table = summary_table(runs, split="val")  # val = test - 1 in the factory
-    assert table.loc["ew", "TL_acc_mean"] == pytest.approx(90.0)
-    assert table.attrs == {"split": "val", "baseline": "ew"}
-
-
-def test_summary_lower_is_better_metric(tmp_path: Path) -> None:
-    tasks = {"A": {"acc": "higher"}, "B": {"err": "lower"}}
-    docs = [
-        run_document("ew", 0, {"A": {"acc": 80.0}, "B": {"err": 2.0}}, tasks=tasks),
-        run_document("ew", 1, {"A": {"acc": 82.0}, "B": {"err": 4.0}}, tasks=tasks),
-        run_document("new", 0, {"A": {"acc": 90.0}, "B": {"err": 2.0}}, tasks=tasks),
-    ]
-    table = summary_table(load_runs([write_run(tmp_path, d) for d in docs]))
-    # Baseline means: A.acc 81, B.err 3; for B lower is better so the sign flips.
-    assert table.loc["new", "delta_p"] == pytest.approx(50.0 * ((90 - 81) / 81 - (2 - 3) / 3), rel=1e-12)
-    assert table.loc["new", "avg_mean"] == 90.0  # average accuracy over the tasks that report "acc"
-    assert list(table.columns[:4]) == ["A_acc_mean", "A_acc_std", "B_err_mean", "B_err_std"]
-
-
-def test_summary_one_seed_and_uneven_seeds(tmp_path: Path) -> None:
-    paths = study_paths(tmp_path, methods=["ew", "rlw"], seeds=[0]) + study_paths(tmp_path, methods=["rlw"], seeds=[1])
-    runs = load_runs(paths)
-    table = summary_table(runs)
-    assert table["n_seeds"].to_dict() == {"ew": 1, "rlw": 2}
-    assert math.isnan(table.loc["ew", "TL_acc_std"]) and math.isnan(table.loc["ew", "avg_std"])
-    assert table.loc["rlw", "TL_acc_std"] == pytest.approx(np.std([91.0, 92.0], ddof=1))
-    md = tmp_path / "t.md"
-    write_table(table, runs, "Uneven", tmp_path / "t.csv", md)
-    text = md.read_text()
-    assert "| ew " in text and "90.00 " in text and "90.00 ±" not in text
-    assert "methods differ in their seeds" in text
-
-
-def test_summary_without_baseline(tmp_path: Path) -> None:
-    runs = load_runs(study_paths(tmp_path, methods=["rlw", "rgw"]))
-    table = summary_table(runs)
-    assert table["delta_p"].isna().all()
-    write_table(table, runs, "No EW", tmp_path / "t.csv", tmp_path / "t.md")
-    assert "no EW runs in this study" in (tmp_path / "t.md").read_text()
-
-
-def test_write_table_csv_and_markdown(runs: list[dict[str, Any]], tmp_path: Path) -> None:
-    table = summary_table(runs)
-    out_csv, out_md = tmp_path / "out" / "table.csv", tmp_path / "out" / "table.md"
-    write_table(table, runs, "Multi-digits: clean labels", out_csv, out_md)
-
-    back = pd.read_csv(out_csv, index_col="method")
-    pd.testing.assert_frame_equal(back, table, check_exact=False, rtol=1e-12)
-    assert all(pd.api.types.is_numeric_dtype(back[c]) for c in back.columns)
-
-    text = out_md.read_text()
-    lines = text.splitlines()
-    assert lines[0] == "# Multi-digits: clean labels"
-    assert "Dataset: `multi_digits` (test split)" in lines
-    assert f"**Stand-in data: {STAND_IN}**" in lines
-    assert (
-        "Mean ± std over 3 seeds (seeds: 0, 1, 2); model selected by best_val; Δp relative to EW (RW paper, Sec. 5)"
-    ) in lines
-    rlw = next(line for line in lines if line.startswith("| rlw"))
-    expected_dp = 50.0 * (1 / 91 + 1 / 82)
-    assert f"{92.0:.2f} ± {np.std([91, 92, 93], ddof=1):.2f}" in rlw
-    assert f"+{expected_dp:.2f}%" in rlw
-    assert "+0.00%" in next(line for line in lines if line.startswith("| ew"))
-    assert "-" in next(line for line in lines if line.startswith("| rgw")).split("|")[-2]
-    assert not list(out_csv.parent.glob(".*.tmp"))  # no temp files left behind
-
-
-def test_markdown_real_data_has_no_stand_in_line(tmp_path: Path) -> None:
-    runs = load_runs(study_paths(tmp_path, stand_in=None))
-    write_table(summary_table(runs), runs, "Real", tmp_path / "t.csv", tmp_path / "t.md")
-    assert "Stand-in" not in (tmp_path / "t.md").read_text()
-
-
-# --------------------------------------------------------------------------- figures
-
-
-def test_accuracy_curves_files(runs: list[dict[str, Any]], tmp_path: Path) -> None:
-    png, pdf = tmp_path / "fig" / "curves.png", tmp_path / "fig" / "curves.pdf"
-    accuracy_curves(runs, "Multi-digits: test accuracy", png, pdf)
-    assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert pdf.stat().st_size > 1000 and pdf.read_bytes()[:5] == b"%PDF-"
-    assert not list(png.parent.glob(".*.tmp"))
-    first = (png.read_bytes(), pdf.read_bytes())
-    accuracy_curves(runs, "Multi-digits: test accuracy", png, pdf)
-    assert (png.read_bytes(), pdf.read_bytes()) == first  # deterministic output
-
-
-def test_accuracy_curves_single_seed_and_unknown_metric(tmp_path: Path) -> None:
-    runs = load_runs(study_paths(tmp_path, seeds=[0], stand_in=None))
-    accuracy_curves(runs, "One seed", tmp_path / "c.png", tmp_path / "c.pdf", split="val")
-    assert (tmp_path / "c.png").stat().st_size > 0
-    with pytest.raises(DataError, match="metric 'f1'"):
-        accuracy_curves(runs, "x", tmp_path / "d.png", tmp_path / "d.pdf", metric="f1")
+        check_one_run_per_seed(load_runs(clean + noisy))

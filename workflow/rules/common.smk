@@ -56,7 +56,7 @@ wildcard_constraints:
     seed=r"\d+",
     study=r"[A-Za-z0-9_-]+",
     paper=r"rw|excess_mtl",
-    kind=r"[a-z_]+",
+    kind="|".join(dict.fromkeys(TABLE_KINDS + FIGURE_KINDS)),
 
 
 def run_of(wildcards):
