@@ -77,6 +77,12 @@ def finished(tmp_path_factory) -> Path:
         else:
             shutil.copy2(source, workdir / name)
     config = small_config(methods=METHODS, seeds=(0,), epochs=1)
+    config["analysis"] = {"flatness": {"batches": 2, "batch_size": 64}}
+    config["studies"]["small"].update(
+        reproduces="RW Table 4",
+        outputs=["method_table", "combination_grid", "learning_curves", "weight_trajectories", "flatness"],
+        published="rw/table4_combinations",
+    )
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stderr[-4000:]
@@ -96,6 +102,21 @@ def test_full_run_writes_runs_table_figure_and_logs(finished):
     assert "rw-rlw-comparable" in scorecard and "Published numbers" in scorecard
 
 
+def test_every_output_of_the_study_is_written(finished):
+    tables, figures = finished / "results/tables/rw/small", finished / "results/figures/rw/small"
+    for kind in ("method_table", "combination_grid", "flatness", "combination_grid_vs_published"):
+        for suffix in (".csv", ".md", ".tex"):
+            assert (tables / f"{kind}{suffix}").stat().st_size > 100, f"{kind}{suffix}"
+    for kind in ("learning_curves", "weight_trajectories", "flatness"):
+        for suffix in (".png", ".pdf"):
+            assert (figures / f"{kind}{suffix}").stat().st_size > 1000, f"{kind}{suffix}"
+    twin = (tables / "combination_grid_vs_published.csv").read_text()
+    # RW Table 4: Vanilla x RLW = +1.04 (our rlw), RGW x EW = +0.62 (our rgw)
+    assert "published_in_ci" in twin and "1.04" in twin and "0.62" in twin
+    analysis = json.loads((finished / "results/analysis/multi_digits/hps/rlw/clean/seed0/flatness.json").read_text())
+    assert analysis["top_eigenvalue"] > 0 and analysis["batch_size"] == 64
+
+
 def test_nothing_changed_schedules_nothing(finished):
     assert scheduled(finished) == {}
 
@@ -104,7 +125,9 @@ def test_editing_a_method_module_reruns_only_its_runs(finished):
     with edited(finished / "mtlrepro" / "weighting" / "rlw.py"):
         jobs = scheduled(finished)
     assert run_dirs(jobs) == {"rlw/clean/seed0", "rlw+rgw/clean/seed0"}
-    assert set(jobs) == {"train", "study_table", "study_figure", "scorecard", "all"}
+    assert set(jobs) == {"train", "flatness", "study_table", "study_figure", "study_twin", "scorecard", "all"}
+    flatness = {"/".join(Path(o).parts[4:7]) for o in jobs["flatness"]}
+    assert flatness == {"rlw/clean/seed0", "rlw+rgw/clean/seed0"}
 
 
 def test_changing_a_method_hyperparameter_reruns_only_its_runs(finished):
