@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 import os
 import textwrap
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -830,18 +830,23 @@ def _excess_rows(run: Mapping[str, Any], key: str, tasks: Sequence[str]) -> tupl
             if not isinstance(value, Mapping) or task not in value:
                 raise DataError(f"{source(run)}: missing key 'epochs[{i}].diagnostics.{key}.{task}'")
             estimates[i] = float(value[task])
-        ref_estimate, ref_proxy = estimates[first], losses[first] - converged
-        for name, ref in (("estimate", ref_estimate), ("proxy", ref_proxy)):
-            if ref == 0.0 or not math.isfinite(ref):
-                raise DataError(
-                    f"{source(run)}: the {name} of task {task!r} is {ref} at epoch {epochs[first]['epoch']}; "
-                    "cannot normalise by it"
-                )
+        proxies = {i: losses[i] - converged for i in recorded}
+        for name, series in (("estimate", estimates), ("proxy", proxies)):
+            bad = [i for i, v in series.items() if not math.isfinite(v)]
+            if bad:
+                raise DataError(f"{source(run)}: the {name} of task {task!r} is not finite at epoch {bad[0] + 1}")
+        ref_estimate, ref_proxy = _peak(estimates.values()), _peak(proxies.values())
         for i in recorded:
             epoch = epochs[i]["epoch"]
             rows.append((task, "estimate", epoch, estimates[i] / ref_estimate))
-            rows.append((task, "proxy", epoch, (losses[i] - converged) / ref_proxy))
+            rows.append((task, "proxy", epoch, proxies[i] / ref_proxy))
     return rows, epochs[first]["epoch"]
+
+
+def _peak(values: Iterable[float]) -> float:
+    """The largest absolute value of a series, or 1 for an all-zero series (left at zero)."""
+    peak = max(abs(v) for v in values)
+    return peak if peak > 0 else 1.0
 
 
 def excess_risk_vs_truth(
@@ -855,8 +860,9 @@ def excess_risk_vs_truth(
     Proxy (EM Sec. 4.3): current minus converged training loss, ``train_loss[e][t] - min_e'
     train_loss[e'][t]``. Estimate: ``epochs[e].diagnostics[<diagnostic>][t]`` (study key
     ``diagnostic``, default ``excess_mtl.excess_risk``) of the runs of ``method`` (default
-    ``excess_mtl``). The estimate is defined up to a constant factor (EM Sec. 4.3), so per run both are
-    divided by their value at the first epoch with an estimate; epochs without one are left out.
+    ``excess_mtl``). The estimate is defined up to a constant factor (EM Sec. 4.3), so per run and task
+    both series are divided by their peak over the epochs with an estimate (a series that is 0 everywhere
+    stays 0); epochs without an estimate are left out.
 
     Returns columns ``panel (task), series ("estimate"/"proxy"), x (epoch), y, std, low, high, n``.
     Raises DataError naming the file and key when a run records no estimate.
@@ -892,14 +898,14 @@ def excess_risk_vs_truth(
         ax.axhline(0.0, color="0.5", linewidth=0.8)
         ax.set_title(task, fontsize=9)
         _epoch_axis(ax)
-    axes[0][0].set_ylabel("excess risk / its first value")
+    axes[0][0].set_ylabel("excess risk / its peak")
     axes[0][-1].legend(fontsize=7, loc="best")
     noise = ", ".join(dict.fromkeys(run["run"]["noise"] for run in chosen))
     first = ", ".join(map(str, sorted(references)))
     notes = [
         f"Dataset {info.name}; method {method}; noise: {noise}. Ground-truth proxy (EM Sec. 4.3): current minus "
         "converged training loss, converged = the lowest epoch-mean training loss of the run.",
-        f"Both curves divided by their value at the first epoch with an estimate (epoch {first}), "
+        f"Both curves divided by their peak over the epochs with an estimate (from epoch {first}), "
         "since the estimate is defined up to a constant factor.",
         _seeds_note(chosen, band),
     ]
