@@ -352,12 +352,13 @@ def _render(
     chars = max(int(width * 15), 40)
     stand_in = None if info.stand_in is None else textwrap.fill(f"Stand-in data: {info.stand_in}", width=chars)
     caption = "\n".join(textwrap.fill(note, width=chars) for note in notes)
-    title_inches = TITLE_FONT * 1.4 / 72.0
+    title = textwrap.fill(_title(study), width=max(int(width * 11), 30))
+    title_inches = TITLE_FONT * 1.4 / 72.0 * (title.count("\n") + 1)
     stand_in_inches = 0.0 if stand_in is None else (stand_in.count("\n") + 1) * LINE_INCHES
     top = 1.0 - (0.05 + title_inches + stand_in_inches + 0.1) / height
     bottom = ((caption.count("\n") + 1) * LINE_INCHES + 0.15) / height if caption else 0.0
     fig.tight_layout(rect=(0, bottom, 1, top))
-    fig.suptitle(_title(study), y=1.0 - 0.05 / height, va="top", fontsize=TITLE_FONT)
+    fig.suptitle(title, y=1.0 - 0.05 / height, va="top", fontsize=TITLE_FONT)
     if stand_in is not None:
         y = 1.0 - (0.05 + title_inches) / height
         fig.text(0.5, y, stand_in, ha="center", va="top", fontsize=NOTE_FONT, style="italic", color="firebrick")
