@@ -48,8 +48,15 @@ TABLE_KINDS = ("method_table", "combination_grid", "architecture_grid", "flatnes
 """Outputs written as CSV + Markdown + LaTeX under ``results/tables/{study}/{kind}.*``."""
 FIGURE_KINDS = ("learning_curves", "weight_trajectories", "noise_sweep", "loss_profile", "excess_risk", "flatness")
 """Outputs drawn as PNG + PDF under ``results/figures/{study}/{kind}.*`` (flatness is both)."""
-TWIN_KINDS = ("method_table", "combination_grid", "architecture_grid")
-"""Tables that get a published-vs-reproduced twin when the study names a ``published`` table."""
+PUBLISHED_SHAPES = {"rw/table4_combinations": "combination_grid", "rw/table5_architectures": "architecture_grid"}
+"""The table kind a published table has the shape of (every other published table is a method table)."""
+
+
+def twin_kind(published: str) -> str:
+    """The output kind whose twin shows the published table ``published``."""
+    return PUBLISHED_SHAPES.get(published, "method_table")
+
+
 DEFAULT_OUTPUTS = ({"kind": "method_table"}, {"kind": "learning_curves"})
 PAPERS = {"rw": "Random Weighting (Lin et al.)", "excess_mtl": "ExcessMTL (He et al.)"}
 
@@ -81,10 +88,6 @@ class Study:
 
     def kinds(self) -> list[str]:
         return [output["kind"] for output in self.outputs]
-
-    def output(self, kind: str) -> Mapping[str, Any]:
-        """The options of output ``kind``."""
-        return next(output for output in self.outputs if output["kind"] == kind)
 
     def to_json(self) -> dict[str, Any]:
         """What report commands are told about the study (everything but its runs)."""
@@ -147,6 +150,11 @@ def check_outputs(study: Mapping[str, Any], where: str) -> tuple[Mapping[str, An
         raise ConfigError(f"{where}.outputs: noise_sweep needs at least two noise levels in {where}.noise")
     if "architecture_grid" in kinds and len(study.get("archs") or [study.get("arch", "hps")]) < 2:
         raise ConfigError(f"{where}.outputs: architecture_grid needs at least two architectures in {where}.archs")
+    published = study.get("published")
+    if published and twin_kind(published) not in kinds:
+        raise ConfigError(
+            f"{where}.published: {published!r} has the shape of a {twin_kind(published)}, which {where}.outputs lacks"
+        )
     return outputs
 
 

@@ -158,6 +158,7 @@ def test_variants_add_one_method_entry_per_value():
         ({"paper": "other"}, "paper: 'other' is not one of"),
         ({"variants": {"rlw": {"distribution": ["gaussian"]}}}, "methods.rlw-gaussian.distribution: 'gaussian'"),
         ({"outputs": ["combination_grid"], "baseline": "uw"}, "baseline: 'uw' is not one of the study's methods"),
+        ({"published": "rw/table4_combinations"}, "has the shape of a combination_grid, which studies.small.outputs"),
     ],
 )
 def test_bad_study_keys_name_the_key(update, message):

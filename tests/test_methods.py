@@ -238,8 +238,8 @@ def test_planning_and_reporting_never_import_training():
     import subprocess
 
     code = (
-        "import sys, mtlrepro.studies, mtlrepro.config, mtlrepro.run, mtlrepro.report.tables, "
-        "mtlrepro.report.figures, mtlrepro.weighting; "
+        "import sys, mtlrepro.studies, mtlrepro.config, mtlrepro.run, mtlrepro.report.outputs, "
+        "mtlrepro.report.evidence, mtlrepro.analysis.flatness, mtlrepro.weighting; "
         "mtlrepro.weighting.registry(); "
         "bad = [m for m in ('mtlrepro.train', 'mtlrepro.step') if m in sys.modules]; "
         "assert not bad, bad"

@@ -37,6 +37,8 @@ FIGURES: dict[str, FigureFn] = {
 }
 #: kinds whose inputs are per-run analyses rather than run records
 ANALYSIS_KINDS = {"flatness"}
+PRINTED_TOLERANCE = 0.005
+"""Half the last printed digit of the papers' two-decimal numbers: a published value this close to a CI is in it."""
 
 
 def study_options(study: Mapping[str, Any], kind: str) -> dict[str, Any]:
@@ -101,7 +103,3 @@ def write_twin(kind: str, paths: Sequence[str | os.PathLike[str]], study: Mappin
         tolerance=PRINTED_TOLERANCE,
     )
     paper_tables.write_paper_table(table, f"{prefix}.csv", f"{prefix}.md", f"{prefix}.tex")
-
-
-PRINTED_TOLERANCE = 0.005
-"""Half the last printed digit of the papers' two-decimal numbers: a published value this close to a CI is in it."""

@@ -17,11 +17,11 @@ from mtlrepro.io import canonical_json
 from mtlrepro.studies import (
     FIGURE_KINDS,
     TABLE_KINDS,
-    TWIN_KINDS,
     data_file,
     dataset_sources,
     run_sources,
     runs_by_directory,
+    twin_kind,
 )
 
 # A --configfile replaces the embedded default rather than merging into it:
@@ -112,7 +112,7 @@ def study_targets(study):
         if kind in FIGURE_KINDS:
             base = f"results/figures/{study.paper}/{study.name}/{kind}"
             targets += [f"{base}.png", f"{base}.pdf"]
-        if kind in TWIN_KINDS and study.published:
+        if study.published and kind == twin_kind(study.published):
             base = f"results/tables/{study.paper}/{study.name}/{kind}_vs_published"
             targets += [f"{base}.csv", f"{base}.md", f"{base}.tex"]
     return targets
