@@ -60,10 +60,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
-from scipy import stats
 
 from mtlrepro.errors import ConfigError, DataError
 from mtlrepro.metrics import HIGHER
+from mtlrepro.report import stats as report_stats
 from mtlrepro.report.figures import PNG_DPI, save_figure_atomic
 from mtlrepro.report.runs import (
     DatasetInfo,
@@ -116,18 +116,8 @@ class Band:
         std = float(np.std(values, ddof=1))
         if self.kind == "std":
             return mean, std, mean - std, mean + std
-        if np.all(values == values[0]):  # no spread: every resample has the same mean
-            return mean, std, mean, mean
-        result = stats.bootstrap(
-            (values,),
-            np.mean,
-            n_resamples=self.resamples,
-            confidence_level=self.level,
-            method="percentile",
-            vectorized=True,
-            rng=np.random.default_rng(self.seed),
-        )
-        return mean, std, float(result.confidence_interval.low), float(result.confidence_interval.high)
+        cell = report_stats.summarise(values, self.seed, self.resamples, self.level)
+        return mean, std, cell.ci_low, cell.ci_high
 
 
 def _where(study: Mapping[str, Any], key: str) -> str:

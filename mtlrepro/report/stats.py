@@ -129,8 +129,10 @@ def _all_equal(values: NDArray[np.float64]) -> bool:
     return bool(np.all(values == values[0]))
 
 
-def summarise(values: ArrayLike, seed: int, n_resamples: int = N_RESAMPLES) -> CellStats:
-    """Mean, std and a seeded percentile bootstrap 95% CI of the mean of ``values`` (one value per seed).
+def summarise(
+    values: ArrayLike, seed: int, n_resamples: int = N_RESAMPLES, confidence_level: float = CONFIDENCE_LEVEL
+) -> CellStats:
+    """Mean, std and a seeded percentile bootstrap CI (95% by default) of the mean of ``values`` (one per seed).
 
     The interval comes from :func:`scipy.stats.bootstrap` (``method="percentile"``)
     with a generator seeded by ``seed``: the same values and seed give the same
@@ -151,7 +153,7 @@ def summarise(values: ArrayLike, seed: int, n_resamples: int = N_RESAMPLES) -> C
         (array,),
         np.mean,
         n_resamples=n_resamples,
-        confidence_level=CONFIDENCE_LEVEL,
+        confidence_level=confidence_level,
         method=BOOTSTRAP_METHOD,
         vectorized=True,
         rng=np.random.default_rng(seed),
