@@ -42,6 +42,7 @@ from mtlrepro.weighting.base import (
     Need,
     SetupInfo,
     apply_scale,
+    scale_factor,
 )
 
 LossFn = Callable[[Sequence[Tensor], Tensor], Tensor]
@@ -329,7 +330,7 @@ class Stepper:
         direction = aggregation.direction
         scale = getattr(options, "scale", None)
         if weights is not None and scale is not None and scale != "free":
-            factor = _scale_factor(weights, scale)
+            factor = scale_factor(weights, scale)
             weights = weights * factor
             direction = direction * factor
         if wrt == "representation":
@@ -371,11 +372,6 @@ class Predictor(nn.Module):
             if inputs is not None:
                 return self.model.decode_each(list(inputs))
         return self.model.decode(z)
-
-
-def _scale_factor(weights: Tensor, scale: str) -> Tensor:
-    target = 1.0 if scale == "simplex" else float(weights.shape[0])
-    return target / weights.sum()
 
 
 def _slice_of(shared: Sequence[nn.Parameter], part: Sequence[nn.Parameter]) -> slice:

@@ -105,13 +105,17 @@ class WeightedGradientOptions(GradientOptions):
     scale: WeightScale = "simplex"
 
 
-def apply_scale(weights: Tensor, scale: str) -> Tensor:
-    """Normalise ``weights`` [T] to ``scale``: sum 1 (``simplex``), sum T (``tasks``) or as is (``free``)."""
+def scale_factor(weights: Tensor, scale: str) -> Tensor | float:
+    """The factor that brings ``weights`` [T] to ``scale``: sum 1 (``simplex``), sum T (``tasks``), 1 (``free``)."""
     if scale == "free":
-        return weights
-    total = weights.sum()
+        return 1.0
     target = 1.0 if scale == "simplex" else float(weights.shape[0])
-    return weights * (target / total)
+    return target / weights.sum()
+
+
+def apply_scale(weights: Tensor, scale: str) -> Tensor:
+    """Normalise ``weights`` [T] to ``scale`` (see :func:`scale_factor`)."""
+    return weights if scale == "free" else weights * scale_factor(weights, scale)
 
 
 @dataclass(frozen=True)
