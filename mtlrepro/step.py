@@ -281,11 +281,11 @@ class Stepper:
             if answer.method_loss is not None:
                 method_losses.append(answer.method_loss)
 
+        grad_weights = None
         if self.plain:
             (lam * losses).sum().backward()
         else:
             head_factor = lam if (lam is not None and self.loss_weighting.options.heads == "weighted") else None
-            grad_weights = None
             if self.aggregator is not None:
                 aggregation, grad_weights = self._aggregate(ctx, lam)
                 if aggregation.method_loss is not None:
@@ -298,13 +298,11 @@ class Stepper:
                 self._apply_loss_weights(ctx, lam)
             ctx._backward_heads()  # heads get their own gradient (if nothing asked for it yet)
             self._scale_heads(head_factor)
-            if method_losses:
-                torch.autograd.backward(method_losses, inputs=[p for m in self.methods for p in m.parameters()])
-            return StepResult(losses.detach(), lam, grad_weights, self._diagnostics())
 
+        # 5. method losses train the methods' own parameters only
         if method_losses:
             torch.autograd.backward(method_losses, inputs=[p for m in self.methods for p in m.parameters()])
-        return StepResult(losses.detach(), lam, None, self._diagnostics())
+        return StepResult(losses.detach(), lam, grad_weights, self._diagnostics())
 
     def _apply_loss_weights(self, ctx: StepContext, lam: Tensor) -> None:
         """Shared update ``lambda^T G`` of a loss weighting, from whatever Jacobian the step already has."""
