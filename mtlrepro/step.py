@@ -64,7 +64,7 @@ class StepContext:
 
     ``losses`` [T] is attached to the graph. :meth:`jacobian` gives the per-task
     gradients of the *raw* task losses (the step applies the loss weights
-    itself), :meth:`gramian` their Gram matrix, :attr:`representation` the
+    itself), :attr:`representation` the
     detached values of z, :meth:`last_shared_jacobian` the per-task gradients of
     the last shared layer, :meth:`held_out_batch` a batch of the held-out slice
     and :meth:`forward_losses` a (functional) forward pass.
@@ -94,7 +94,6 @@ class StepContext:
         self._z_heads = z_heads
         self._rep_grads: Tensor | None = None
         self._param_jacobian: Tensor | None = None
-        self._gramians: dict[tuple[str, str], Tensor] = {}
 
     # ----------------------------------------------------------------- gradients
     @property
@@ -126,14 +125,6 @@ class StepContext:
             rows = self._backward_heads()
             self._param_jacobian = self._stepper.encoder_vjp(self._z, rows, self._stepper.shared)
         return self._param_jacobian
-
-    def gramian(self, wrt: str = "params", reduce: str = "full") -> Tensor:
-        """``G G^T`` [T x T] of :meth:`jacobian`."""
-        key = (wrt, reduce)
-        if key not in self._gramians:
-            jac = self.jacobian(wrt, reduce)
-            self._gramians[key] = jac @ jac.T
-        return self._gramians[key]
 
     def last_shared_jacobian(self) -> Tensor:
         """Per-task gradients of the raw task losses w.r.t. the last shared layer only, [T x D_W]."""
@@ -193,7 +184,7 @@ class Stepper:
         # one plain backward suffices when nobody needs a gradient and every head sees the weights
         self.plain = (
             aggregator is None
-            and not needs & {Need.JACOBIAN, Need.GRAMIAN, Need.LAST_SHARED}
+            and not needs & {Need.JACOBIAN, Need.LAST_SHARED}
             and loss_weighting is not None
             and loss_weighting.options.heads == "weighted"
         )

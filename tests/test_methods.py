@@ -52,7 +52,7 @@ def test_method_declares_the_contract(name):
     options = cls.Options()
     assert options.heads in ("weighted", "unweighted")
     if issubclass(cls, GradientAggregator):
-        assert Need.JACOBIAN in cls.needs or Need.GRAMIAN in cls.needs
+        assert Need.JACOBIAN in cls.needs
     method = cls(len(TASKS), options, torch.Generator())
     method.setup(
         SetupInfo(

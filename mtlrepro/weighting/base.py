@@ -63,7 +63,6 @@ class Need(enum.Enum):
     """What a method asks the step to compute, beyond the task losses (always there)."""
 
     JACOBIAN = "per-task gradients of the shared parameters (or representation), G [T x D]"
-    GRAMIAN = "only the Gram matrix G G^T of the per-task gradients"
     REPRESENTATION = "the values of the shared representation z"
     LAST_SHARED = "per-task gradients of the last shared layer only"
     HELD_OUT = "batches of a held-out slice of the training split"
