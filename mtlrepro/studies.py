@@ -102,6 +102,7 @@ class Study:
             "baseline": self.baseline,
             "outputs": [dict(o) for o in self.outputs],
             "published": self.published,
+            "published_kind": None if self.published is None else twin_kind(self.published),
             "seeds": list(self.seeds),
             "methods": list(dict.fromkeys(run.method for run in self.runs)),
             "noise_labels": list(dict.fromkeys(run.noise_label for run in self.runs)),

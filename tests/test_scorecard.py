@@ -530,3 +530,32 @@ def test_scorecard_without_reproduced_values(tmp_path):
     write_scorecard(judge_all({}), published_numbers(), None, out)
     rows = _number_lines(out.read_text())
     assert len(rows) == 615 and all(row[4] == "" for row in rows)
+
+
+def test_the_scorecard_puts_our_delta_p_beside_table4():
+    # evidence from run records: a study naming RW Table 4 puts each cell's Δp beside the published one
+    from test_paper_tables import TASKS, metrics, run_record
+
+    from mtlrepro.metrics import delta_p
+    from mtlrepro.report.evidence import reproduced_numbers
+
+    values = {"ew": [(90, 80, 0.5), (92, 84, 0.3)], "rlw": [(93, 84, 0.4), (91, 86, 0.4)]}
+    runs = [run_record(m, s, metrics(*v)) for m, per_seed in values.items() for s, v in enumerate(per_seed)]
+    study = {
+        "name": "g",
+        "title": "g",
+        "dataset": "multi_digits",
+        "archs": ["hps"],
+        "methods": ["ew", "rlw"],
+        "seeds": [0, 1],
+        "noise_labels": ["clean"],
+        "baseline": "ew",
+        "outputs": [{"kind": "combination_grid"}],
+        "published": "rw/table4_combinations",
+        "published_kind": "combination_grid",
+    }
+    numbers = reproduced_numbers([study], runs).set_index("method")
+    mean = {m: metrics(*(sum(v[i] for v in per_seed) / 2 for i in range(3))) for m, per_seed in values.items()}
+    assert numbers.loc["rlw", "value"] == pytest.approx(delta_p(mean["rlw"], mean["ew"], TASKS))
+    assert numbers.loc["ew", "value"] == pytest.approx(0.0)
+    assert set(numbers["key"]) == {"rw/table4_combinations"} and set(numbers["metric"]) == {"delta_p"}
