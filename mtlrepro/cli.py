@@ -23,7 +23,6 @@ from collections.abc import Sequence
 
 from mtlrepro.errors import ConfigError, UserError
 
-DEFAULT_SCHEMA = "workflow/schemas/config.schema.yaml"
 
 
 def _json_arg(text: str) -> dict:
@@ -56,10 +55,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from mtlrepro.config import check_config, load_yaml
+    from mtlrepro.config import SCHEMA_FILE, check_config, load_yaml
     from mtlrepro.studies import runs_by_directory
 
-    studies = check_config(load_yaml(args.config), args.schema)
+    studies = check_config(load_yaml(args.config), args.schema or SCHEMA_FILE)
     runs = runs_by_directory(studies)
     for study in studies.values():
         print(f"study {study.name}: {study.dataset}/{study.arch}, {len(study.runs)} runs")
@@ -115,11 +114,11 @@ def cmd_twin(args: argparse.Namespace) -> int:
 
 
 def cmd_scorecard(args: argparse.Namespace) -> int:
-    from mtlrepro.config import check_config, load_yaml
+    from mtlrepro.config import SCHEMA_FILE, check_config, load_yaml
     from mtlrepro.report.evidence import write_scorecard
 
     config = _json_arg(args.config) if args.config.lstrip().startswith("{") else load_yaml(args.config)
-    studies = [study.to_json() for study in check_config(config, args.schema).values()]
+    studies = [study.to_json() for study in check_config(config, args.schema or SCHEMA_FILE).values()]
     verdicts = write_scorecard(studies, args.metrics, args.analyses, args.out)
     for verdict in verdicts:
         print(f"{verdict.claim_id}: {verdict.verdict}")
@@ -146,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate a config file and count its runs")
     p.add_argument("config")
-    p.add_argument("--schema", default=DEFAULT_SCHEMA)
+    p.add_argument("--schema", default=None, help="a JSON schema other than the shipped one")
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("prepare", help="build a dataset's tensor cache")
@@ -178,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scorecard", help="judge every claim of both papers and list every published number")
     p.add_argument("--config", required=True, help="the config (a YAML file or a JSON object) whose studies ran")
-    p.add_argument("--schema", default=DEFAULT_SCHEMA)
+    p.add_argument("--schema", default=None, help="a JSON schema other than the shipped one")
     p.add_argument("--metrics", nargs="*", default=[], help="metrics.json of every run")
     p.add_argument("--analyses", nargs="*", default=[], help="flatness.json of every analysed run")
     p.add_argument("--out", required=True)

@@ -17,6 +17,9 @@ import yaml
 from mtlrepro.errors import ConfigError
 from mtlrepro.studies import Study, expand, runs_by_directory
 
+#: the JSON schema of a config, shipped inside the package so the installed command finds it from any directory
+SCHEMA_FILE = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+
 
 def key_path(parts: Any) -> str:
     """Render a jsonschema error path as ``a.b[0].c``."""
@@ -45,7 +48,7 @@ def validate_schema(config: Any, schema: Mapping[str, Any]) -> None:
         raise ConfigError(f"{key_path(error.absolute_path)}: {error.message}")
 
 
-def check_config(config: Any, schema_file: str | Path) -> dict[str, Study]:
+def check_config(config: Any, schema_file: str | Path = SCHEMA_FILE) -> dict[str, Study]:
     """Validate ``config`` fully (schema, names, option values) and return its expanded studies."""
     validate_schema(config, load_yaml(schema_file))
     studies = expand(config)
