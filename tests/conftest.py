@@ -3,6 +3,9 @@ double-precision HPS LeNet with a batch, per-task losses and gradients, and rand
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,31 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL_DATA = {"n_train": 512, "n_val": 256, "n_test": 256}
 SMALL_TRAINING = {"epochs": 2, "batch_size": 128, "lr": 0.05}
 TASKS = (Task("A", 10), Task("B", 10), Task("C", 10))
+#: what a workflow needs of the checkout
+WORKFLOW_FILES = ("Snakefile", "workflow", "mtlrepro", "envs", "config", "reference", "profiles")
+
+
+def copy_workflow(workdir: Path) -> Path:
+    """Copy the workflow's files of the checkout into ``workdir`` (a throwaway project directory)."""
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, workdir / name, ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
+        elif source.exists():
+            shutil.copy2(source, workdir / name)
+    return workdir
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real ``snakemake`` command in ``workdir``; output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 def small_config(methods=("ew", "rlw", "rgw", "rlw+rgw"), seeds=(0,), noise=None, **training) -> dict:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,22 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, small_config
+from conftest import REPO, copy_workflow, small_config, snakemake
 
 pytestmark = pytest.mark.workflow
 
-COPIED = ("Snakefile", "workflow", "mtlrepro", "envs", "config", "reference")
 METHODS = ("ew", "rlw", "rgw", "rlw+rgw")
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def scheduled(workdir: Path, *args: str) -> dict[str, set[str]]:
@@ -70,12 +57,7 @@ def run_dirs(jobs: dict[str, set[str]]) -> set[str]:
 def finished(tmp_path_factory) -> Path:
     """A copy of the workflow with a small config, run to completion."""
     workdir = tmp_path_factory.mktemp("workflow")
-    for name in COPIED:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, workdir / name)
+    copy_workflow(workdir)
     config = small_config(methods=METHODS, seeds=(0,), epochs=1)
     config["analysis"] = {"flatness": {"batches": 2, "batch_size": 64}}
     config["studies"]["small"].update(

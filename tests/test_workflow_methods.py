@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import pytest
 import yaml
-from test_workflow import COPIED, snakemake
 
 from mtlrepro.weighting import registry
 from mtlrepro.weighting.base import GRADIENT, LOSS
 
-from conftest import REPO, small_config
+from conftest import copy_workflow, small_config, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -38,12 +36,7 @@ def grid() -> list[str]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("methods")
-    for name in COPIED:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, workdir / name)
+    copy_workflow(workdir)
     config = small_config(methods=sorted(registry()), seeds=(0,), epochs=1)
     config["datasets"]["multi_digits"]["options"] = {"n_train": 256, "n_val": 128, "n_test": 128}
     config["studies"]["combinations"] = {"dataset": "multi_digits", "methods": ["ew", *grid()], "seeds": [0]}

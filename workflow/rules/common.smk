@@ -11,7 +11,7 @@ from snakemake.exceptions import WorkflowError
 # sys.path in the same way.
 sys.path.insert(0, workflow.basedir)
 
-from mtlrepro.config import check_config
+from mtlrepro.config import check_config, load_yaml
 from mtlrepro.errors import ConfigError
 from mtlrepro.io import canonical_json
 from mtlrepro.studies import (
@@ -31,6 +31,10 @@ if workflow.overwrite_configfiles:
     config.update(workflow.config_settings.overwrite_config)
 
 try:
+    # Snakemake's own YAML loader keeps the last of two equal keys, so a study
+    # written twice would vanish silently: read the config files strictly too.
+    for path in workflow.overwrite_configfiles or workflow.configfiles:
+        load_yaml(path)
     STUDIES = check_config(
         config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
     )
@@ -130,6 +134,13 @@ def all_analyses(wildcards=None):
 
 
 def all_targets():
-    """The outputs of every study, and the scorecard."""
+    """Every run record and analysis, the outputs of every study, and the scorecard.
+
+    The run records are targets themselves: Snakemake does not rebuild a missing
+    input of an up-to-date output (that is how temp() files work), so a record
+    lost to a failed rerun would otherwise stay missing behind the old tables.
+    As targets they are rebuilt by a plain rerun, and the tables follow.
+    """
+    records = sorted(run.metrics_file for run in RUNS.values())
     targets = [target for study in STUDIES.values() for target in study_targets(study)]
-    return targets + ["results/scorecard.md"]
+    return records + all_analyses() + targets + ["results/scorecard.md"]
