@@ -15,3 +15,7 @@ class DataError(UserError):
 
 class TrainingError(UserError):
     """Training cannot go on (for example a non-finite loss); the message says where."""
+
+
+class OutputError(UserError):
+    """An output file cannot be written (no permission, not a directory, disk full); the message names it."""

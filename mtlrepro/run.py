@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import inspect
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Any, Literal
 from mtlrepro.data.noise import noise_label
 from mtlrepro.errors import ConfigError
 from mtlrepro.io import digest
-from mtlrepro.options import build_options
+from mtlrepro.options import build_options, require
 
 RUN_FORMAT = "mtlrepro.run/2"
 METRICS_FILE = "metrics.json"
@@ -76,10 +77,12 @@ class TrainingOptions:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            require(getattr(self, name) >= 1, name, getattr(self, name), "must be a positive integer")
+        require(self.noise_seed >= 0, "noise_seed", self.noise_seed, "must be >= 0")
+        # written so that NaN fails every test (each comparison with NaN is false)
+        require(0.0 < self.lr < math.inf, "lr", self.lr, "must be a positive finite number")
+        require(0.0 <= self.momentum < 1.0, "momentum", self.momentum, "must be in [0, 1)")
+        require(0.0 <= self.weight_decay < math.inf, "weight_decay", self.weight_decay, "must be a finite number >= 0")
 
 
 def resolve_training(values: Mapping[str, Any] | None, where: str) -> TrainingOptions:
@@ -99,8 +102,51 @@ class MethodRef:
         return {"entry": self.entry, "weighting": self.weighting, "options": dict(self.options)}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> MethodRef:
-        return cls(entry=data["entry"], weighting=data["weighting"], options=dict(data["options"]))
+    def from_json(cls, data: Any, where: str = "method") -> MethodRef:
+        """Rebuild a stage from :meth:`to_json`'s form; :class:`ConfigError` naming a missing, unknown or bad key."""
+        _check_keys(data, where, required=("entry", "weighting"), optional=("options",))
+        options = data.get("options") or {}
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"run spec: {where}.options must be a JSON object, got {options!r}")
+        return cls(
+            entry=_string(data, "entry", where), weighting=_string(data, "weighting", where), options=dict(options)
+        )
+
+
+def _check_keys(data: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    """Refuse a spec object that is not a mapping, lacks one of ``required`` or has a key of neither list."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"run spec: {where or 'the spec'} must be a JSON object, got {data!r:.80}")
+    prefix = f"{where}." if where else ""
+    missing = [f"{prefix}{key}" for key in required if key not in data]
+    if missing:
+        plural = "s" if len(missing) > 1 else ""
+        raise ConfigError(f"run spec: missing key{plural} {', '.join(map(repr, missing))}")
+    unknown = [f"{prefix}{key}" for key in data if key not in required + optional]
+    if unknown:
+        plural = "s" if len(unknown) > 1 else ""
+        known = ", ".join(required + optional)
+        raise ConfigError(f"run spec: unknown key{plural} {', '.join(map(repr, unknown))} (known keys: {known})")
+
+
+def _string(data: Mapping[str, Any], key: str, where: str = "") -> str:
+    value = data[key]
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"run spec: {where + '.' if where else ''}{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _mapping(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"run spec: {key} must be a JSON object, got {value!r:.80}")
+    return dict(value)
+
+
+_SPEC_REQUIRED = ("dataset", "arch", "method", "seed")
+_SPEC_OPTIONAL = ("noise", "noise_label", "data_options", "training")
 
 
 @dataclass(frozen=True)
@@ -155,23 +201,49 @@ class RunSpec:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
-        """Rebuild a spec from :meth:`to_json`'s form; :class:`ConfigError` naming a missing key."""
-        try:
-            method = data["method"]
-            return cls(
-                dataset=data["dataset"],
-                arch=data["arch"],
-                method=method["expression"],
-                loss=None if method.get("loss") is None else MethodRef.from_json(method["loss"]),
-                gradient=None if method.get("gradient") is None else MethodRef.from_json(method["gradient"]),
-                seed=int(data["seed"]),
-                noise=dict(data.get("noise") or {}),
-                data_options=dict(data.get("data_options") or {}),
-                training=resolve_training(data.get("training"), "spec.training"),
+    def from_json(cls, data: Any) -> RunSpec:
+        """Rebuild a spec from :meth:`to_json`'s form (what ``mtlrepro train --spec`` gets).
+
+        Raises :class:`ConfigError` naming every missing or unknown key, or the
+        key of a value of the wrong type; the data and training options are
+        validated (and completed with defaults) as in a config.
+        """
+        from mtlrepro.data import resolve_options
+
+        _check_keys(data, "", required=_SPEC_REQUIRED, optional=_SPEC_OPTIONAL)
+        method = data["method"]
+        _check_keys(method, "method", required=("expression",), optional=("loss", "gradient"))
+        stages = {
+            stage: None if method.get(stage) is None else MethodRef.from_json(method[stage], f"method.{stage}")
+            for stage in ("loss", "gradient")
+        }
+        if stages["loss"] is None and stages["gradient"] is None:
+            raise ConfigError("run spec: method.loss and method.gradient are both null; a run needs a method")
+        seed = data["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"run spec: seed must be an integer >= 0, got {seed!r}")
+        noise = _mapping(data, "noise")
+        for task, rate in noise.items():
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+                raise ConfigError(f"run spec: noise.{task} must be a number in [0, 1], got {rate!r}")
+        dataset = _string(data, "dataset")
+        spec = cls(
+            dataset=dataset,
+            arch=_string(data, "arch"),
+            method=_string(method, "expression", "method"),
+            loss=stages["loss"],
+            gradient=stages["gradient"],
+            seed=seed,
+            noise={task: float(rate) for task, rate in noise.items()},
+            data_options=resolve_options(dataset, _mapping(data, "data_options"), "run spec: data_options"),
+            training=resolve_training(_mapping(data, "training"), "run spec: training"),
+        )
+        label = data.get("noise_label")
+        if label is not None and label != spec.noise_label:
+            raise ConfigError(
+                f"run spec: noise_label {label!r} does not match noise {dict(noise)} (which is {spec.noise_label!r})"
             )
-        except KeyError as err:
-            raise ConfigError(f"run spec: missing key {err.args[0]!r}") from None
+        return spec
 
     @property
     def hash(self) -> str:

@@ -1,12 +1,14 @@
 """Bad configs stop with one message naming the key and the value."""
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from mtlrepro.cli import main
-from mtlrepro.config import check_config
+from mtlrepro.config import check_config, load_yaml, parse_yaml
 from mtlrepro.errors import ConfigError
 
 from conftest import REPO, small_config
@@ -69,6 +71,51 @@ BAD_CONFIGS = {
         lambda c: c["datasets"].update(cityscapess={}),
         "dataset 'cityscapess' is unknown",
     ),
+    # numbers the schema lets through (every comparison with NaN is false) but torch cannot train with
+    "lr NaN": (
+        lambda c: c["datasets"]["multi_digits"]["training"].update(lr=float("nan")),
+        "datasets.multi_digits.training.lr: nan is not a finite number",
+    ),
+    "lr infinite": (
+        lambda c: c["datasets"]["multi_digits"]["training"].update(lr=float("inf")),
+        "datasets.multi_digits.training.lr: inf is not a finite number",
+    ),
+    "lr an integer too large for a float": (
+        lambda c: c["datasets"]["multi_digits"]["training"].update(lr=10**400),
+        "datasets.multi_digits.training.lr: 1000",
+    ),
+    "lr zero": (
+        lambda c: c["datasets"]["multi_digits"]["training"].update(lr=0),
+        "datasets.multi_digits.training.lr: 0.0 must be a positive finite number",
+    ),
+    "negative momentum": (
+        lambda c: c["datasets"]["multi_digits"]["training"].update(momentum=-0.5),
+        "datasets.multi_digits.training.momentum: -0.5 must be in [0, 1)",
+    ),
+    "momentum of one": (
+        lambda c: c["datasets"]["multi_digits"]["training"].update(momentum=1),
+        "datasets.multi_digits.training.momentum: 1.0 must be in [0, 1)",
+    ),
+    "NaN momentum": (
+        lambda c: c["datasets"]["multi_digits"]["training"].update(momentum=float("nan")),
+        "datasets.multi_digits.training.momentum: nan is not a finite number",
+    ),
+    "negative weight decay": (
+        lambda c: c["datasets"]["multi_digits"]["training"].update(weight_decay=-1e-4),
+        "datasets.multi_digits.training.weight_decay: -0.0001 must be a finite number >= 0",
+    ),
+    "zero epochs": (
+        lambda c: c["datasets"]["multi_digits"]["training"].update(epochs=0),
+        "datasets.multi_digits.training.epochs: 0 must be a positive integer",
+    ),
+    "NaN in a method option": (
+        lambda c: (c["methods"].update(cagrad={"c": float("nan")}), c["studies"]["small"]["methods"].append("cagrad")),
+        "methods.cagrad.c: nan is not a finite number",
+    ),
+    "infinity in a dataset option": (
+        lambda c: c["datasets"]["multi_digits"]["options"].update(val_fraction=float("-inf")),
+        "datasets.multi_digits.options.val_fraction: -inf is not a finite number",
+    ),
 }
 
 
@@ -82,7 +129,7 @@ def test_bad_config_names_key_and_value(case):
 
 @pytest.mark.parametrize("name", ["config.yaml", "paper.yaml"])
 def test_shipped_configs_are_valid(name):
-    studies = check_config(yaml.safe_load((REPO / "config" / name).read_text()), SCHEMA)
+    studies = check_config(load_yaml(REPO / "config" / name), SCHEMA)
     assert studies, "a shipped config declares at least one study"
     for study in studies.values():
         assert {r.method for r in study.runs} >= {"ew"}
@@ -167,3 +214,120 @@ def test_bad_study_keys_name_the_key(update, message):
     with pytest.raises(ConfigError) as caught:
         check_config(config, SCHEMA)
     assert message in str(caught.value)
+
+
+# --------------------------------------------------------------------------- reading the config file
+
+DUPLICATE_STUDY = """\
+datasets:
+  multi_digits:
+    options: {n_train: 512, n_val: 256, n_test: 256}
+studies:
+  rw_table1:
+    dataset: multi_digits
+    methods: [ew, rlw]
+    seeds: [0]
+  rw_table1:
+    dataset: multi_digits
+    methods: [ew]
+    seeds: [0, 1]
+"""
+
+
+def check_config_cli(capsys, *args: str) -> tuple[int, str]:
+    """Exit status and stderr of ``mtlrepro check-config`` (the error, if any, must be one line)."""
+    status = main(["check-config", *args])
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    return status, err
+
+
+def test_a_study_written_twice_is_refused_naming_file_key_and_line(tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text(DUPLICATE_STUDY)
+    status, err = check_config_cli(capsys, str(path))
+    assert status == 2
+    assert err == (
+        f"mtlrepro: error: config file {path}: duplicate key 'rw_table1' at line 9 "
+        "(the first, at line 5, would be silently dropped)"
+    )
+
+
+def test_duplicate_keys_are_refused_at_any_depth_but_merge_keys_may_override():
+    with pytest.raises(ConfigError, match=r"duplicate key 'lr' at line 4 \(the first, at line 3,"):
+        parse_yaml("datasets:\n  multi_digits:\n    training: {lr: 0.1,\n      lr: 0.2}\n", "c.yaml")
+    with pytest.raises(ConfigError, match=r"duplicate key 0 at line 1"):
+        parse_yaml("seeds: {0: a, 0: b}\n", "c.yaml")
+    merged = parse_yaml("base: &b {lr: 0.1, epochs: 2}\ntraining:\n  <<: *b\n  lr: 0.2\n", "c.yaml")
+    assert merged["training"] == {"lr": 0.2, "epochs": 2}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty"),
+        (b"# only a comment\n\n   # and another\n", "is empty"),
+        (b"---\n...\n", "is empty"),
+        (b"- ew\n- rlw\n", ": the top level is a list, not a mapping of config keys"),
+        (b"just text\n", ": the top level is a string, not a mapping of config keys"),
+        (b"studies: [ew\n", "is not valid YAML: "),
+        (b"studies: {}\n---\nstudies: {}\n", "is not valid YAML: "),
+        (b"studies:\n  caf\xe9: {}\n", "is not UTF-8 text (byte 0xe9 at offset 14)"),
+    ],
+    ids=["empty", "comments only", "empty document", "list", "scalar", "bad syntax", "two documents", "latin-1"],
+)
+def test_unusable_config_files_are_named_in_one_line(tmp_path, capsys, content, message):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    status, err = check_config_cli(capsys, str(path))
+    assert status == 2
+    assert err.startswith(f"mtlrepro: error: config file {path}") and message in err
+
+
+def test_missing_config_file_and_directory_are_named(tmp_path, capsys):
+    status, err = check_config_cli(capsys, str(tmp_path / "nope.yaml"))
+    assert status == 2 and err == f"mtlrepro: error: config file {tmp_path / 'nope.yaml'} does not exist"
+    status, err = check_config_cli(capsys, str(tmp_path))
+    assert status == 2 and f"config file {tmp_path} is a directory" in err
+
+
+def test_nan_written_in_yaml_is_refused_by_check_config(tmp_path, capsys):
+    config = small_config()
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config).replace("lr: 0.05", "lr: .nan"))
+    status, err = check_config_cli(capsys, str(path), "--schema", str(SCHEMA))
+    assert status == 2
+    assert err == "mtlrepro: error: datasets.multi_digits.training.lr: nan is not a finite number"
+
+
+def check_config_process(args: list[str], cwd, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    """``python -m mtlrepro check-config ARGS`` as a user runs it, from ``cwd``."""
+    return subprocess.run(
+        [sys.executable, "-m", "mtlrepro", "check-config", *args],
+        input=stdin,
+        cwd=cwd,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def test_config_read_from_standard_input_as_dash(tmp_path):
+    bad = check_config_process(["-"], tmp_path, stdin=DUPLICATE_STUDY.encode())
+    assert bad.returncode == 2 and not bad.stdout
+    assert bad.stderr.decode() == (
+        "mtlrepro: error: config file <stdin>: duplicate key 'rw_table1' at line 9 "
+        "(the first, at line 5, would be silently dropped)\n"
+    )
+
+
+def test_config_read_from_a_pipe_path(tmp_path):
+    shipped = (REPO / "config" / "config.yaml").read_bytes()
+    done = check_config_process(["/dev/stdin"], tmp_path, stdin=shipped)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().strip().endswith("config OK")
+
+
+def test_check_config_from_another_working_directory(tmp_path):
+    done = check_config_process([str(REPO / "config" / "config.yaml")], tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().strip().endswith("config OK") and not done.stderr

@@ -13,13 +13,21 @@ defines:
 - ``build(options) -> dict[str, Split]``: a pure, seeded function returning the
   ``"train"``, ``"val"`` and ``"test"`` splits.
 
-:func:`prepare` writes the splits to a cache file atomically and
-:func:`load` reads them back.
+:func:`prepare` writes the splits to a cache file atomically, with the options
+they were built with and a checksum of their tensors; :func:`load` reads them
+back and refuses a damaged cache, or one built with other options than the
+run expects, naming the file and how to rebuild it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
+import pickle
+import shlex
+import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +38,25 @@ import torch
 from torch import Tensor
 
 from mtlrepro.errors import ConfigError, DataError
-from mtlrepro.io import save_torch_atomic
+from mtlrepro.io import canonical_json, save_torch_atomic
 from mtlrepro.options import build_options, options_dict
 
 SPLITS = ("train", "val", "test")
+CACHE_FORMAT = "mtlrepro.data/2"
+_FIELDS = ("x", "y", "source")
+#: what torch.load raises on a truncated, garbage or foreign file (weights-only loading executes nothing)
+_UNREADABLE = (
+    RuntimeError,
+    EOFError,
+    pickle.UnpicklingError,
+    OSError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    zipfile.BadZipFile,
+)
 
 #: registry name -> module path; one module per dataset family
 DATASETS: dict[str, str] = {
@@ -86,40 +109,161 @@ def dataset_module(name: str) -> ModuleType:
     return importlib.import_module(DATASETS[name])
 
 
-def resolve_options(name: str, values: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Validate dataset options against the module's ``Options`` and fill in defaults."""
+def resolve_options(name: str, values: Mapping[str, Any] | None, where: str | None = None) -> dict[str, Any]:
+    """Validate dataset options against the module's ``Options`` and fill in defaults.
+
+    ``where`` is the key named in messages (default ``datasets.<name>.options``).
+    """
     module = dataset_module(name)
-    return options_dict(build_options(module.Options, values, f"datasets.{name}.options"))
+    return options_dict(build_options(module.Options, values, where or f"datasets.{name}.options"))
+
+
+def splits_sha256(splits: Mapping[str, Mapping[str, Tensor | None]]) -> str:
+    """sha256 over the tensors of every split: split, field, dtype, shape and bytes, in a fixed order."""
+    sha = hashlib.sha256()
+    for split in SPLITS:
+        for key in _FIELDS:
+            tensor = splits[split][key]
+            if tensor is None:
+                sha.update(f"{split}.{key}:none\n".encode())
+                continue
+            tensor = tensor.detach().cpu().contiguous()
+            sha.update(f"{split}.{key}:{tensor.dtype}:{list(tensor.shape)}\n".encode())
+            sha.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return sha.hexdigest()
 
 
 def prepare(name: str, values: Mapping[str, Any] | None, out: str | Path) -> Path:
-    """Build dataset ``name`` with ``values`` as options and write its cache to ``out`` atomically."""
+    """Build dataset ``name`` with ``values`` as options and write its cache to ``out`` atomically.
+
+    The cache records the resolved options, the source's provenance and a
+    sha256 of the splits' tensors (:func:`splits_sha256`); the same source
+    and options give a byte-identical file.
+    """
     module = dataset_module(name)
     options = build_options(module.Options, values, f"datasets.{name}.options")
     splits = module.build(options)
     missing = [s for s in SPLITS if s not in splits]
     if missing:
         raise DataError(f"dataset {name}: build() returned no {', '.join(missing)} split")
+    tensors = {s: {"x": splits[s].x, "y": splits[s].y, "source": splits[s].source} for s in SPLITS}
     payload = {
-        "format": "mtlrepro.data/1",
+        "format": CACHE_FORMAT,
         "name": name,
         "options": options_dict(options),
         "meta": module.describe(options),
-        "splits": {s: {"x": splits[s].x, "y": splits[s].y, "source": splits[s].source} for s in SPLITS},
+        "splits": tensors,
+        "splits_sha256": splits_sha256(tensors),
     }
     out = Path(out)
     save_torch_atomic(out, payload)
     return out
 
 
-def load(name: str, path: str | Path) -> MTLData:
-    """Read the cache of dataset ``name`` from ``path``; :class:`DataError` if missing or foreign."""
+def rebuild_hint(name: str, path: Path, options: Mapping[str, Any] | None) -> str:
+    """How to rebuild the cache of ``name`` at ``path`` (with ``options`` when known)."""
+    given = "'...'" if options is None else shlex.quote(canonical_json(dict(options)))
+    out = shlex.quote(str(path))
+    return f"rebuild it (delete {out} and rerun snakemake, or: mtlrepro prepare {name} --options {given} --out {out})"
+
+
+def _show(options: Mapping[str, Any], keys: list[str]) -> str:
+    return "{" + ", ".join(f"{key}: {json.dumps(options[key]) if key in options else '(none)'}" for key in keys) + "}"
+
+
+def _differing(recorded: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """Keys whose values differ (as JSON values: a tuple equals a list, 1 equals 1.0), in ``expected``'s order."""
+
+    def plain(value: Any) -> Any:
+        return json.loads(json.dumps(value))
+
+    keys = list(dict.fromkeys([*expected, *recorded]))
+    return [k for k in keys if k not in recorded or k not in expected or plain(recorded[k]) != plain(expected[k])]
+
+
+def _read_payload(name: str, path: Path, options: Mapping[str, Any] | None) -> Any:
+    """``torch.load`` of a cache (tensors only, nothing executed); :class:`DataError` if it cannot be read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's warning about a foreign pickle protocol
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as err:
+        raise DataError(f"data cache {path} cannot be read ({err.strerror}): make it readable") from None
+    except _UNREADABLE as err:
+        raise DataError(
+            f"data cache {path} is damaged (torch cannot read it: {type(err).__name__}): "
+            + rebuild_hint(name, path, options)
+        ) from None
+
+
+def _check_payload(name: str, path: Path, payload: Any, options: Mapping[str, Any] | None) -> None:
+    """Refuse a payload that is not an intact cache of dataset ``name`` (format, keys, tensors, checksum)."""
+
+    recorded = payload.get("options") if isinstance(payload, dict) else None
+    known = options if options is not None else recorded if isinstance(recorded, dict) else None
+
+    def damaged(what: str) -> DataError:
+        return DataError(f"data cache {path} is damaged ({what}): {rebuild_hint(name, path, known)}")
+
+    if not isinstance(payload, dict):
+        raise damaged(f"it holds a {type(payload).__name__}, not a data cache")
+    fmt = payload.get("format")
+    if fmt != CACHE_FORMAT:
+        if isinstance(fmt, str) and fmt.startswith("mtlrepro.data/"):
+            raise DataError(
+                f"data cache {path} has format {fmt!r} of another mtlrepro version (this one reads {CACHE_FORMAT!r}): "
+                + rebuild_hint(name, path, known)
+            )
+        raise damaged("it is not an mtlrepro data cache")
+    if payload.get("name") != name:
+        raise DataError(
+            f"data cache {path} holds dataset {payload.get('name')!r}, not {name!r}: "
+            f"give the cache of {name}, or {rebuild_hint(name, path, known)}"
+        )
+    missing = [key for key in ("options", "meta", "splits", "splits_sha256") if key not in payload]
+    if missing:
+        raise damaged(f"no {', '.join(missing)}")
+    if not isinstance(payload["options"], dict) or not isinstance(payload["meta"], dict):
+        raise damaged("its options or provenance is not a mapping")
+    splits = payload["splits"]
+    for split in SPLITS:
+        fields = splits.get(split) if isinstance(splits, dict) else None
+        if not isinstance(fields, dict) or set(fields) != set(_FIELDS):
+            raise damaged(f"split {split!r} is missing or malformed")
+        if not all(isinstance(fields[key], Tensor) for key in ("x", "y")) or not isinstance(
+            fields["source"], (Tensor, type(None))
+        ):
+            raise damaged(f"split {split!r} holds something other than tensors")
+    if splits_sha256(splits) != payload["splits_sha256"]:
+        raise damaged("its tensors do not match their sha256")
+
+
+def load(name: str, path: str | Path, options: Mapping[str, Any] | None = None) -> MTLData:
+    """Read the cache of dataset ``name`` from ``path`` and check it.
+
+    ``options``, when given, are the resolved data options the caller expects
+    (a run spec's ``data_options``): the cache must have been built with
+    exactly these. Raises :class:`DataError` naming the file, with the way to
+    rebuild it, when it is missing, damaged (unreadable, truncated, not a
+    mapping, keys missing, checksum mismatch), of another dataset or format,
+    or built with other options.
+    """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"dataset {name}: cache file {path} does not exist; run `mtlrepro prepare {name}` first")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != "mtlrepro.data/1" or payload.get("name") != name:
-        raise DataError(f"dataset {name}: {path} is not a cache of this dataset")
+        given = "'...'" if options is None else shlex.quote(canonical_json(dict(options)))
+        raise DataError(
+            f"data cache {path} does not exist: build it (rerun snakemake, "
+            f"or: mtlrepro prepare {name} --options {given} --out {shlex.quote(str(path))})"
+        )
+    payload = _read_payload(name, path, options)
+    _check_payload(name, path, payload, options)
+    if options is not None:
+        differing = _differing(payload["options"], options)
+        if differing:
+            raise DataError(
+                f"data cache {path} was built with options {_show(payload['options'], differing)} "
+                f"but the run expects {_show(options, differing)}: {rebuild_hint(name, path, options)}"
+            )
     module = dataset_module(name)
     splits = {s: Split(**payload["splits"][s]) for s in SPLITS}
     return MTLData(

@@ -138,17 +138,30 @@ def check_run(data: Any, path: str) -> DatasetInfo:
     return DatasetInfo(name=name, stand_in=stand_in, directions=directions)
 
 
+RERUN = "delete it and rerun snakemake, which trains that run again"
+"""What to do about a damaged run record (its job reruns when the file is missing)."""
+
+
 def _read(path: Path) -> Any:
+    """The parsed JSON of a run file; :class:`DataError` naming it when it is missing, unreadable or not JSON."""
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: run file not found") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read run file ({err.strerror})") from None
     try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}: not a UTF-8 text file (byte 0x{data[err.start]:02x} at offset {err.start}); {RERUN}"
+        ) from None
+    try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        raise DataError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); {RERUN}") from None
+    except RecursionError:
+        raise DataError(f"{path}: not a run record (JSON nested too deeply); {RERUN}") from None
 
 
 def _same_dataset(info: DatasetInfo, first: DatasetInfo, path: str, first_path: str) -> None:
@@ -168,7 +181,8 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
 
     Returns the parsed files, each with an added ``"source"`` key (the path).
     Raises :class:`DataError` naming the file when one is missing, is not
-    JSON, has the wrong ``format``, lacks a key, or is from another dataset.
+    UTF-8 or not JSON, has the wrong ``format``, lacks a key (the message of a
+    damaged file says to delete it and rerun), or is from another dataset.
     """
     if not paths:
         raise DataError("no run files given")
@@ -177,7 +191,10 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     for raw in paths:
         path = Path(raw)
         data = _read(path)
-        info = check_run(data, str(path))
+        try:
+            info = check_run(data, str(path))
+        except DataError as err:
+            raise DataError(f"{err}; {RERUN}") from None
         if first is None:
             first = info
         else:
