@@ -2,6 +2,24 @@
 # numbers depend on (its method's modules and the training core); its params
 # hold its spec as canonical JSON. Editing one method's module or its config
 # entry therefore reruns that method's runs and nothing else.
+#
+# Resources: a dataset's `resources:` entry over the config's top-level
+# `resources:` (threads, mem_mb, runtime, gpu, gpu_model). Runtime and memory
+# grow with the attempt, so a job retried after hitting its time or memory limit
+# asks for more; it resumes from the run's checkpoint.pt. On a cluster every run
+# of a dataset is in the group train_<dataset>: `--group-components
+# train_<dataset>=N` sends N of them out as one job (README, "On a SLURM cluster").
+
+TRAIN_DEFAULTS = {"threads": 1, "mem_mb": 2000, "runtime": 60, "gpu": 0}
+DATASET_CONFIG = config.get("datasets") or {}
+TRAIN_JOB = {
+    dataset: {
+        **TRAIN_DEFAULTS,
+        **TRAIN_RESOURCES,
+        **((DATASET_CONFIG.get(dataset) or {}).get("resources") or {}),
+    }
+    for dataset in {run.dataset for run in RUNS.values()}
+}
 
 
 rule train:
@@ -12,13 +30,21 @@ rule train:
         "results/runs/{dataset}/{arch}/{method}/{noise}/seed{seed}/metrics.json",
     log:
         "results/logs/train/{dataset}/{arch}/{method}/{noise}/seed{seed}.log",
+    group:
+        lambda w: f"train_{w.dataset}"
     conda:
         "../../envs/mtlrepro.yaml"
-    threads: TRAIN_RESOURCES.get("threads", 1)
+    threads: lambda w: TRAIN_JOB[w.dataset]["threads"]
     resources:
-        mem_mb=TRAIN_RESOURCES.get("mem_mb", 2000),
-        runtime=TRAIN_RESOURCES.get("runtime", 60),
-        gpu=TRAIN_RESOURCES.get("gpu", 0),
+        mem_mb=lambda w, attempt: TRAIN_JOB[w.dataset]["mem_mb"] * attempt,
+        runtime=lambda w, attempt: TRAIN_JOB[w.dataset]["runtime"] * attempt,
+        gpu=lambda w: TRAIN_JOB[w.dataset]["gpu"],
+        # the GPU type only for jobs that take a GPU (a None resource is not requested)
+        gpu_model=lambda w: (
+            TRAIN_JOB[w.dataset].get("gpu_model")
+            if TRAIN_JOB[w.dataset]["gpu"]
+            else None
+        ),
     params:
         spec=lambda w: canonical_json(run_of(w).to_json()),
         outdir=lambda w, output: Path(output[0]).parent,
