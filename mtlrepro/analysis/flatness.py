@@ -302,7 +302,7 @@ def analyse_run(
     epoch = int(record["selection"]["epoch"])
     selected_path = run_dir / SELECTED_FILE
     selected = _read_selected(selected_path, epoch)
-    data = load(spec.dataset, data_path)
+    data = load(spec.dataset, data_path, options=spec.data_options)
     train, labels = _trained_labels(data.splits["train"], data.tasks, spec)
     loss_fn = cross_entropy_losses(data.tasks)
     input_shape = tuple(train.x.shape[1:])
