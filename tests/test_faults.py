@@ -3,8 +3,9 @@
 Run specs as ``mtlrepro train --spec`` gets them, atomic writes that cannot
 write (a parent that is a file, a read-only directory, a full disk), the mode
 of written files under several umasks, and run records that reports read.
-Process-level conditions (another user, a file size limit, a umask) are set
-in forked child processes, never in the test process.
+Process-level conditions (a file size limit, a umask) are set in child
+Python processes, never in the test process; another user only in a forked
+child that touches no torch code (torch's thread pool does not survive a fork).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import select
 import shutil
 import signal
 import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -53,7 +56,7 @@ def in_child(work: Callable[[], str], setup: Callable[[], None] = lambda: None) 
 
     ``stage`` is ``"setup"`` (setup raised: ``text`` says why), ``"ok"`` (``text`` is what work returned)
     or ``"error"`` (``text`` is ``ExceptionName: message``). The child never returns into pytest. It
-    must not start torch kernels: the parent's OpenMP pool does not survive a fork (build tensors first).
+    must not call into torch: the parent's thread pools do not survive a fork (use :func:`in_python`).
     """
     read, write = os.pipe()
     pid = os.fork()
@@ -61,7 +64,6 @@ def in_child(work: Callable[[], str], setup: Callable[[], None] = lambda: None) 
         stage, text = "setup", ""
         try:
             os.close(read)
-            torch.set_num_threads(1)
             setup()
             stage = "ok"
             text = work()
@@ -79,6 +81,30 @@ def in_child(work: Callable[[], str], setup: Callable[[], None] = lambda: None) 
             pytest.fail(f"the child process did not answer within {CHILD_TIMEOUT} s")
         stage, text = json.loads(pipe.read() or '["setup", "the child died"]')
     os.waitpid(pid, 0)
+    return stage, text
+
+
+CHILD_PROGRAM = """
+import json, sys, torch
+from mtlrepro.io import save_torch_atomic, write_json_atomic, write_text_atomic
+try:
+    print(json.dumps(["ok", str(eval(sys.argv[1]))]))
+except Exception as err:
+    print(json.dumps(["error", f"{type(err).__name__}: {err}"]))
+"""
+
+
+def in_python(expression: str, **process: object) -> tuple[str, str]:
+    """Evaluate ``expression`` in a fresh Python (``process``: umask, preexec_fn...); ``(stage, text)`` as in_child."""
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD_PROGRAM, expression],
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+        **process,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    stage, text = json.loads(result.stdout.strip().splitlines()[-1])
     return stage, text
 
 
@@ -155,7 +181,6 @@ def test_a_spec_resolves_its_data_options_as_the_config_does():
 
 
 SMALL_STATE = {"w": torch.arange(4096)}
-BIG_STATE = {"w": torch.ones(100_000)}  # made here, not in a forked child (see in_child)
 WRITERS = {
     "text": lambda path: write_text_atomic(path, "new\n"),
     "json": lambda path: write_json_atomic(path, {"new": [1, 2]}),
@@ -261,11 +286,11 @@ def test_a_full_disk_keeps_the_previous_file_and_no_temporary_one(tmp_path, writ
     target = tmp_path / "out"
     target.write_text("previous\n")
     big = {
-        "text": lambda: write_text_atomic(target, "x" * 100_000),
-        "json": lambda: write_json_atomic(target, list(range(100_000))),
-        "torch": lambda: save_torch_atomic(target, BIG_STATE),
+        "text": f"write_text_atomic({str(target)!r}, 'x' * 100_000)",
+        "json": f"write_json_atomic({str(target)!r}, list(range(100_000)))",
+        "torch": f"save_torch_atomic({str(target)!r}, {{'w': torch.ones(100_000)}})",
     }[writer]
-    stage, message = in_child(lambda: str(big()), limit_file_size)
+    stage, message = in_python(big, preexec_fn=limit_file_size)
     assert stage == "error", message
     assert message == (
         f"OutputError: cannot write {target}: File too large; "
@@ -276,19 +301,19 @@ def test_a_full_disk_keeps_the_previous_file_and_no_temporary_one(tmp_path, writ
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
 def test_written_files_get_the_umask_in_force_when_written(tmp_path, umask, mode):
-    """The umask is set in the child after mtlrepro.io was imported (by this test process)."""
+    """The umask is changed in a child process after it imported mtlrepro.io."""
 
-    def write_all() -> str:
-        os.umask(umask)
-        modes = []
-        for name, writer in sorted(WRITERS.items()):
-            writer(tmp_path / name)
-            modes.append(stat.S_IMODE(os.stat(tmp_path / name).st_mode))
-        return json.dumps(modes)
-
-    stage, text = in_child(write_all)
+    paths = {name: str(tmp_path / name) for name in sorted(WRITERS)}
+    writes = (
+        f"write_json_atomic({paths['json']!r}, {{'new': [1, 2]}}), "
+        f"save_torch_atomic({paths['torch']!r}, {{'w': torch.arange(4096)}}), "
+        f"write_text_atomic({paths['text']!r}, 'new')"
+    )
+    # the umask changes after mtlrepro.io was imported: it must be read when writing
+    stage, text = in_python(f"[__import__('os').umask({umask}), {writes}] and None", umask=0o022)
     assert stage == "ok", text
-    assert json.loads(text) == [mode] * len(WRITERS)
+    modes = [stat.S_IMODE(os.stat(path).st_mode) for path in paths.values()]
+    assert modes == [mode] * len(WRITERS)
 
 
 # --------------------------------------------------------------------------- run records read by reports
