@@ -11,7 +11,10 @@
     mtlrepro flatness results/runs/... --data resources/data/multi_digits.pt --out results/analysis/.../flatness.json
 
 A user error (bad config, missing data, non-finite loss) prints one line
-``mtlrepro: error: ...`` and exits non-zero, without a traceback.
+``mtlrepro: error: ...`` and exits non-zero, without a traceback. ``train``
+stopped by SIGTERM or SIGINT saves a checkpoint, prints one line
+``mtlrepro: interrupted by ...`` and exits as the signal would have (143 or
+130); running it again resumes.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import sys
 from collections.abc import Sequence
 
 from mtlrepro.errors import ConfigError, UserError
-
+from mtlrepro.interrupt import Interrupted
 
 
 def _json_arg(text: str) -> dict:
@@ -32,6 +35,28 @@ def _json_arg(text: str) -> dict:
         raise ConfigError(f"not valid JSON ({err}): {text[:80]}") from None
     if not isinstance(value, dict):
         raise ConfigError(f"expected a JSON object, got {text[:80]}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _minutes(text: str) -> float:
+    """An argparse type: a number of minutes, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:  # NaN included
+        raise argparse.ArgumentTypeError(f"must be 0 or more minutes, got {text}")
     return value
 
 
@@ -85,6 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         progress=not args.no_progress,
+        checkpoint_minutes=args.checkpoint_minutes,
     )
     final = result["final"]["test"]
     summary = ", ".join(f"{task} {next(iter(m))}={next(iter(m.values())):.2f}" for task, m in final.items())
@@ -159,7 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="the prepared dataset cache")
     p.add_argument("--out", required=True, help="the run directory")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads of torch")
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=_minutes,
+        default=None,
+        help="also checkpoint within an epoch every so many minutes (0: after every step); default: epoch ends only",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -190,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads of torch")
     p.set_defaults(func=cmd_flatness)
     return parser
 
@@ -200,6 +232,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except Interrupted as err:
+        print(f"mtlrepro: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("mtlrepro: interrupted", file=sys.stderr)
+        return 130
     except UserError as err:
         print(f"mtlrepro: error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1

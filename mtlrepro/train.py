@@ -5,15 +5,28 @@ reads the prepared dataset cache, trains, evaluates every epoch, checkpoints
 every epoch (so a killed job resumes where it stopped) and, as its last act,
 writes ``metrics.json`` atomically into the run directory. What one update
 does -- per-task gradients, where the weights act -- is :mod:`mtlrepro.step`.
+
+Preemption. Checkpoints are also written within an epoch every
+``checkpoint_minutes`` and when SIGTERM or SIGINT arrives (then training stops
+with :class:`~mtlrepro.interrupt.Interrupted`). A checkpoint holds the exact
+point reached -- the epoch, the batches of its seeded shuffle already done,
+their running sums, every random state -- so a resumed run ends with the very
+numbers of an uninterrupted one. A checkpoint that cannot be read is reported
+on stderr, removed, and the run starts from scratch.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import resource
+import sys
+import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,7 +40,8 @@ from tqdm import tqdm
 from mtlrepro.archs import build_model
 from mtlrepro.data import MTLData, Split, Task, dataset_module, load
 from mtlrepro.data.noise import corrupt_labels
-from mtlrepro.errors import ConfigError, TrainingError
+from mtlrepro.errors import ConfigError, OutputError, TrainingError
+from mtlrepro.interrupt import Interrupted, StopRequest
 from mtlrepro.io import digest, save_torch_atomic, write_json_atomic
 from mtlrepro.metrics import HIGHER, correct_count
 from mtlrepro.run import (
@@ -61,11 +75,13 @@ def _as_float(x: Tensor) -> Tensor:
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
-def batches(split: Split, batch_size: int, order: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (x, y) minibatches of ``split`` in ``order`` (default: as stored)."""
+def batches(
+    split: Split, batch_size: int, order: Tensor | None = None, first: int = 0
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (x, y) minibatches of ``split`` in ``order`` (default: as stored), from the batch numbered ``first``."""
     n = len(split)
     index = torch.arange(n) if order is None else order
-    for start in range(0, n, batch_size):
+    for start in range(first * batch_size, n, batch_size):
         take = index[start : start + batch_size]
         yield split.x[take], split.y[take]
 
@@ -97,7 +113,7 @@ def prepare_run_data(spec: RunSpec, data_path: str | Path, held_out: tuple[float
     ``held_out`` is (fraction, ``clean``/``noisy``) when a method needs one: its
     examples leave the training set and keep their clean or noisy labels.
     """
-    data = load(spec.dataset, data_path)
+    data = load(spec.dataset, data_path, options=spec.data_options)
     train = data.splits["train"]
     clean_y, noise_record = train.y, {}
     if any(rate > 0 for rate in spec.noise.values()):
@@ -252,6 +268,49 @@ class EpochSums:
     def mean(self, key: str) -> Tensor | None:
         return None if key not in self.sums else (self.sums[key] / self.steps).cpu()
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "sums": dict(self.sums)}
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any], device: torch.device) -> EpochSums:
+        sums = cls()
+        sums.steps = int(state["steps"])
+        sums.sums = {str(key): value.to(device) for key, value in state["sums"].items()}
+        return sums
+
+
+@dataclass
+class EpochInProgress:
+    """The epoch being trained: its number, the sums of the steps done so far, when it started (perf_counter)."""
+
+    epoch: int
+    sums: EpochSums
+    started: float
+
+    @classmethod
+    def start(cls, epoch: int) -> EpochInProgress:
+        return cls(epoch, EpochSums(), time.perf_counter())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "sums": self.sums.state_dict(), "seconds": time.perf_counter() - self.started}
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any], device: torch.device) -> EpochInProgress:
+        sums = EpochSums.from_state_dict(state["sums"], device)
+        return cls(int(state["epoch"]), sums, time.perf_counter() - float(state["seconds"]))
+
+
+def _rng_state(device: torch.device) -> dict[str, Tensor | None]:
+    """torch's global random states (CPU, and the run's CUDA device): nothing draws from them now, but a
+    method or layer that does must not make a resumed run differ."""
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rng_state(state: Mapping[str, Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
 
 # --------------------------------------------------------------------------- the run
 
@@ -265,6 +324,7 @@ class Session:
     methods: list[Method]
     stepper: Stepper
     held_out: HeldOutSampler | None
+    device: torch.device
     history: list[dict[str, Any]] = field(default_factory=list)
     clock: dict[str, Any] = field(default_factory=lambda: {"train_seconds": 0.0, "iterations": 0})
     selected: dict[str, Any] | None = None
@@ -277,7 +337,8 @@ class Session:
             model = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             self.selected = {"epoch": chosen["epoch"], "model": model}
 
-    def state_dict(self, run_hash: str) -> dict[str, Any]:
+    def state_dict(self, run_hash: str, unfinished: EpochInProgress | None = None) -> dict[str, Any]:
+        """The checkpoint: after ``history``'s epochs and, if given, the steps done of the ``unfinished`` one."""
         return {
             "run_hash": run_hash,
             "model": self.model.state_dict(),
@@ -287,9 +348,12 @@ class Session:
             "history": self.history,
             "clock": self.clock,
             "selected": self.selected,
+            "rng": _rng_state(self.device),
+            "unfinished": None if unfinished is None else unfinished.state_dict(),
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> EpochInProgress | None:
+        """Continue from a checkpoint of :meth:`state_dict`; return the epoch it stopped within, if any."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         for method, method_state in zip(self.methods, state["methods"], strict=True):
@@ -298,6 +362,13 @@ class Session:
             self.held_out.generator.set_state(state["held_out"])
         self.history, self.clock = list(state["history"]), dict(state["clock"])
         self.selected = state["selected"]
+        unfinished = None
+        if state["unfinished"] is not None:
+            unfinished = EpochInProgress.from_state_dict(state["unfinished"], self.device)
+            if unfinished.epoch != len(self.history) + 1:
+                raise ValueError(f"unfinished epoch {unfinished.epoch} does not follow epoch {len(self.history)}")
+        _set_rng_state(state["rng"], self.device)
+        return unfinished
 
 
 def build_session(spec: RunSpec, run_data: RunData, methods: list[Method], device: torch.device) -> Session:
@@ -315,22 +386,52 @@ def build_session(spec: RunSpec, run_data: RunData, methods: list[Method], devic
     stepper = Stepper(model, len(tasks), partial(task_losses, tasks=tasks), loss_weighting, aggregator, held_out)
     steps = -(-len(run_data.train) // options.batch_size)
     stepper.setup(sample, steps, options.epochs, [t.name for t in tasks])
-    return Session(model, make_optimizer(model, methods, options), methods, stepper, held_out)
+    return Session(model, make_optimizer(model, methods, options), methods, stepper, held_out, device)
 
 
 def train_epoch(
-    session: Session, split: Split, spec: RunSpec, epoch: int, device: torch.device, bar: tqdm
+    session: Session,
+    split: Split,
+    spec: RunSpec,
+    current: EpochInProgress,
+    device: torch.device,
+    bar: tqdm,
+    after_step: Callable[[], None] | None = None,
 ) -> EpochSums:
-    """One pass over the (shuffled, seeded) training split; returns the epoch's device-side sums."""
+    """The rest of one pass over the (shuffled, seeded) training split: the batches after the ``current.sums.steps``
+    already done. ``after_step`` runs after every optimizer step. Returns the epoch's device-side sums."""
+    epoch, sums = current.epoch, current.sums
     order = torch.randperm(len(split), generator=_generator(spec.seed, f"shuffle{epoch}", torch.device("cpu")))
-    sums = EpochSums()
-    for x, y in batches(split, spec.training.batch_size, order):
+    for x, y in batches(split, spec.training.batch_size, order, first=sums.steps):
         x, y = _as_float(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
         session.optimizer.zero_grad(set_to_none=True)
         sums.add(session.stepper.step(x, y, epoch=epoch, iteration=session.clock["iterations"] + sums.steps))
         session.optimizer.step()
         bar.update()
+        if after_step is not None:
+            after_step()
     return sums
+
+
+def finish_epoch(
+    session: Session, current: EpochInProgress, run_data: RunData, spec: RunSpec, device: torch.device
+) -> dict[str, Any]:
+    """Close a trained epoch: clock, finite-loss check, the methods' epoch end, evaluation, history, selection.
+
+    Returns the epoch's record (also appended to the session's history).
+    """
+    sums, epoch = current.sums, current.epoch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    session.clock["train_seconds"] += time.perf_counter() - current.started
+    session.clock["iterations"] += sums.steps
+    _check_finite(sums.mean("loss"), run_data.data.tasks, epoch, spec)
+    for method in session.methods:
+        method.on_epoch_end(epoch, sums.mean("loss").to(device))
+    record = epoch_record(epoch, sums, session, run_data, spec, device)
+    session.history.append(record | {"seconds": time.perf_counter() - current.started})
+    session.consider(run_data.data.tasks, spec.training.selection)
+    return record
 
 
 def epoch_record(
@@ -359,75 +460,230 @@ def train(
     threads: int | None = None,
     progress: bool = True,
     on_checkpoint: Callable[[int], None] | None = None,
+    checkpoint_minutes: float | None = None,
 ) -> dict[str, Any]:
-    """Train the run described by ``spec`` and write ``out_dir/metrics.json``; return its content."""
+    """Train the run described by ``spec`` and write ``out_dir/metrics.json``; return its content.
+
+    ``checkpoint_minutes``: also checkpoint within an epoch once that many minutes have passed since the last
+    checkpoint (0: after every step; None: at epoch ends only). It never changes the numbers. SIGTERM or SIGINT
+    stops training at the next step with a checkpoint and :class:`~mtlrepro.interrupt.Interrupted`;
+    ``on_checkpoint(epoch)`` is called after every epoch's checkpoint.
+    """
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_execution_options(threads, checkpoint_minutes)
     dev = pick_device(device)
     if threads is not None:
         torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=dev.type == "cuda")
 
-    # method: loss weighting and/or gradient aggregator, each with its own generator
-    methods = build_methods(spec, len(dataset_module(spec.dataset).TASKS), dev)
+    with StopRequest() as stop, run_directory(out_dir):
+        # method: loss weighting and/or gradient aggregator, each with its own generator
+        methods = build_methods(spec, len(dataset_module(spec.dataset).TASKS), dev)
 
-    # data: the prepared cache, label noise on the training split only, a held-out slice if asked for
-    run_data = prepare_run_data(spec, data_path, held_out_request(methods))
-    provenance = run_provenance(spec, data_path)
-    run_hash = digest(provenance)
+        # data: the prepared cache, label noise on the training split only, a held-out slice if asked for
+        run_data = prepare_run_data(spec, data_path, held_out_request(methods))
+        provenance = run_provenance(spec, data_path)
+        run_hash = digest(provenance)
 
-    # model, step and optimizer, resumed from a checkpoint of this very spec, data and code
-    session = build_session(spec, run_data, methods, dev)
-    state = _load_checkpoint(out_dir / CHECKPOINT_FILE, run_hash)
-    if state is not None:
-        session.load_state_dict(state)
-    resumed_from = len(session.history)
+        # model, step and optimizer, resumed from a checkpoint of this very spec, data and code
+        checkpoints = Checkpoints(out_dir / CHECKPOINT_FILE, run_hash, checkpoint_minutes, stop)
+        session, unfinished = resume_or_start(spec, run_data, methods, dev, checkpoints.path, run_hash)
+        resumed = (len(session.history), 0 if unfinished is None else unfinished.sums.steps)
 
-    # loop: train an epoch, evaluate, checkpoint
-    epochs, n_batches = spec.training.epochs, -(-len(run_data.train) // spec.training.batch_size)
-    with tqdm(
-        total=epochs * n_batches,
-        initial=resumed_from * n_batches,
-        disable=not progress,
-        desc=f"{spec.method} seed{spec.seed}",
-        mininterval=2.0,
-    ) as bar:
-        for epoch in range(resumed_from + 1, epochs + 1):
-            epoch_start = time.perf_counter()
-            sums = train_epoch(session, run_data.train, spec, epoch, dev, bar)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            session.clock["train_seconds"] += time.perf_counter() - epoch_start
-            session.clock["iterations"] += sums.steps
-            _check_finite(sums.mean("loss"), run_data.data.tasks, epoch, spec)
-            for method in methods:
-                method.on_epoch_end(epoch, sums.mean("loss").to(dev))
+        # loop: train an epoch (checkpointing within it when due or asked to stop), evaluate, checkpoint
+        with progress_bar(spec, len(run_data.train), resumed, progress) as bar:
+            for epoch in range(resumed[0] + 1, spec.training.epochs + 1):
+                current, unfinished = unfinished or EpochInProgress.start(epoch), None
+                after_step = partial(checkpoints.after_step, session, current)
+                train_epoch(session, run_data.train, spec, current, dev, bar, after_step)
+                record = finish_epoch(session, current, run_data, spec, dev)
+                bar.set_postfix(epoch=epoch, val=f"{selection_score(record['val'], run_data.data.tasks):.2f}")
 
-            record = epoch_record(epoch, sums, session, run_data, spec, dev)
-            session.history.append(record | {"seconds": time.perf_counter() - epoch_start})
-            session.consider(run_data.data.tasks, spec.training.selection)
-            bar.set_postfix(epoch=epoch, val=f"{selection_score(record['val'], run_data.data.tasks):.2f}")
+                checkpoints.save(session)
+                if on_checkpoint is not None:
+                    on_checkpoint(epoch)
+                checkpoints.stop_if_asked(f"at the end of epoch {epoch}")
 
-            save_torch_atomic(out_dir / CHECKPOINT_FILE, session.state_dict(run_hash))
-            if on_checkpoint is not None:
-                on_checkpoint(epoch)
-
-    # the selected epoch's weights, then the run record, written last and atomically
-    save_torch_atomic(out_dir / SELECTED_FILE, session.selected)
-    provenance |= {"run_hash": run_hash, "resumed_from_epoch": resumed_from}
-    result = run_record(spec, run_data, methods, session.history, provenance, session.clock, started, dev, out_dir)
-    write_json_atomic(out_dir / METRICS_FILE, result)
+        # the selected epoch's weights, then the run record, written last and atomically
+        save_torch_atomic(out_dir / SELECTED_FILE, session.selected)
+        provenance |= {"run_hash": run_hash, "resumed_from_epoch": resumed[0], "resumed_from_step": resumed[1]}
+        result = run_record(
+            spec, run_data, session.methods, session.history, provenance, session.clock, started, dev, out_dir
+        )
+        write_json_atomic(out_dir / METRICS_FILE, result)
     return result
 
 
-def _load_checkpoint(path: Path, run_hash: str) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` if it was written under ``run_hash`` (same spec, data and code), else None."""
-    if not path.is_file():
+def progress_bar(spec: RunSpec, n_train: int, resumed: tuple[int, int], enabled: bool) -> tqdm:
+    """A bar over every step of the run, starting at the (epochs, steps) ``resumed`` from a checkpoint."""
+    n_batches = -(-n_train // spec.training.batch_size)
+    return tqdm(
+        total=spec.training.epochs * n_batches,
+        initial=resumed[0] * n_batches + resumed[1],
+        disable=not enabled,
+        desc=f"{spec.method} seed{spec.seed}",
+        mininterval=2.0,
+    )
+
+
+def _check_execution_options(threads: int | None, checkpoint_minutes: float | None) -> None:
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be a positive integer, got {threads}")
+    if checkpoint_minutes is not None and not checkpoint_minutes >= 0:  # NaN included
+        raise ConfigError(f"checkpoint_minutes must be 0 or more (0: after every step), got {checkpoint_minutes}")
+
+
+# --------------------------------------------------------------------------- checkpoints and the run directory
+
+
+class Checkpoints:
+    """When and where the run's checkpoint is written: every epoch end, every ``minutes`` within an epoch (0: after
+    every step, None: never), and at once when a stop signal came -- then training stops."""
+
+    def __init__(self, path: Path, run_hash: str, minutes: float | None, stop: StopRequest) -> None:
+        self.path, self.run_hash, self.stop = path, run_hash, stop
+        self.interval = None if minutes is None else 60.0 * minutes
+        self.last = time.monotonic()
+
+    def save(self, session: Session, unfinished: EpochInProgress | None = None) -> None:
+        save_torch_atomic(self.path, session.state_dict(self.run_hash, unfinished))
+        self.last = time.monotonic()
+
+    def after_step(self, session: Session, current: EpochInProgress) -> None:
+        """After a step of ``current``: checkpoint when due; when a stop was asked for, checkpoint and stop."""
+        asked = self.stop.received is not None
+        if asked or (self.interval is not None and time.monotonic() - self.last >= self.interval):
+            self.save(session, current)
+        self.stop_if_asked(f"in epoch {current.epoch} at step {current.sums.steps}")
+
+    def stop_if_asked(self, where: str) -> None:
+        """Raise :class:`Interrupted` (the checkpoint is already written) if a stop signal came."""
+        if self.stop.received is not None:
+            raise Interrupted(self.stop.received, where, self.path)
+
+
+#: the keys every checkpoint of :meth:`Session.state_dict` has
+CHECKPOINT_KEYS = frozenset(
+    {"run_hash", "model", "optimizer", "methods", "held_out", "history", "clock", "selected", "rng", "unfinished"}
+)
+
+
+def resume_or_start(
+    spec: RunSpec, run_data: RunData, methods: list[Method], device: torch.device, path: Path, run_hash: str
+) -> tuple[Session, EpochInProgress | None]:
+    """A new session, continued from the checkpoint at ``path`` if it was written under ``run_hash``.
+
+    Returns the session and the epoch the checkpoint stopped within (None at an
+    epoch boundary). A checkpoint that does not fit the session is reported,
+    removed, and the run starts from scratch with freshly built methods.
+    """
+    session = build_session(spec, run_data, methods, device)
+    state = read_checkpoint(path, run_hash)
+    if state is None:
+        return session, None
+    try:
+        return session, session.load_state_dict(state)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        discard_checkpoint(path, f"it does not fit this run ({_reason(err)})")
+    fresh = build_methods(spec, len(run_data.data.tasks), device)
+    return build_session(spec, run_data, fresh, device), None
+
+
+def read_checkpoint(path: Path, run_hash: str) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it was written under ``run_hash`` (same spec, data and code), else None.
+
+    A checkpoint of another run hash is left to be overwritten; one that cannot
+    be read or lacks keys is reported on stderr and removed.
+    """
+    if not path.exists():
         return None
-    # on the CPU: generator states must stay CPU byte tensors; load_state_dict moves the rest
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return state if state.get("run_hash") == run_hash else None
+    if not path.is_file():
+        raise OutputError(f"the checkpoint {path} is not a file: remove it or choose another run directory")
+    if path.stat().st_size == 0:
+        discard_checkpoint(path, "it is empty")
+        return None
+    try:
+        # on the CPU: generator states must stay CPU byte tensors; load_state_dict moves the rest. Only tensors and
+        # plain containers are unpickled (no code runs), and torch's warnings about odd bytes would be extra lines.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling damaged bytes can raise anything; the file is then of no use
+        discard_checkpoint(path, f"it cannot be read ({_reason(err)})")
+        return None
+    missing = CHECKPOINT_KEYS - state.keys() if isinstance(state, dict) else None
+    if missing is None or missing:
+        found = f"a {type(state).__name__}" if missing is None else f"no {', '.join(sorted(missing))}"
+        discard_checkpoint(path, f"it is not a checkpoint of this program ({found})")
+        return None
+    if state["run_hash"] != run_hash:
+        _warn(f"note: checkpoint {path} was written under another spec, data or code; training from scratch")
+        return None
+    return state
+
+
+def discard_checkpoint(path: Path, reason: str) -> None:
+    """Report the damaged checkpoint ``path`` on stderr (one line) and remove it."""
+    _warn(f"warning: damaged checkpoint {path}: {reason}; removed it, training from scratch")
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot remove the damaged checkpoint {path} ({err.strerror}); remove it by hand") from None
+
+
+def _warn(message: str) -> None:
+    print(f"mtlrepro: {message}", file=sys.stderr, flush=True)
+
+
+def _reason(err: BaseException) -> str:
+    """An exception as a short single line: its type and the gist of its message.
+
+    The gist is the first sentence, or for torch's long "weights only" refusal the unpickler's own complaint.
+    """
+    message = str(err)
+    _, marker, after = message.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (after if marker else message).splitlines() if line.strip()]
+    gist = lines[0].split(". ")[0] if lines else ""
+    text = f"{type(err).__name__}: {gist}" if gist else type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+@contextmanager
+def run_directory(path: Path) -> Iterator[Path]:
+    """Make the run directory ``path`` and check that files can be written in it, for the ``with`` block.
+
+    If the block fails, the directories this made (``path`` and missing
+    parents) are removed again as long as they are empty: a run that failed
+    before its first checkpoint leaves nothing behind.
+    """
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"the run directory {path} is an existing file: remove it or choose another directory")
+    made = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        _remove_empty(made)
+        blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a directory" if blocker is not None else err.strerror or str(err)
+        raise OutputError(f"cannot write in the run directory {path}: {reason}") from None
+    try:
+        yield path
+    except BaseException:
+        _remove_empty(made)
+        raise
+
+
+def _remove_empty(directories: Sequence[Path]) -> None:
+    """Remove ``directories`` (deepest first), stopping at the first that is not empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 def _check_finite(mean_loss: Tensor, tasks: Sequence[Task], epoch: int, spec: RunSpec) -> None:

@@ -119,23 +119,45 @@ def test_a_combination_aggregates_the_gradients_of_the_weighted_losses(loss):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_a_killed_run_resumes_to_exactly_the_same_numbers(method, small_data, tmp_path):
+def test_a_run_stopped_anywhere_resumes_to_exactly_the_same_numbers(method, small_data, tmp_path, monkeypatch):
+    # 2 epochs of 4 steps, stopped by SIGTERM after step 2 of epoch 1, by a crash after epoch 1's checkpoint and by
+    # SIGTERM after step 2 of epoch 2: every resume continues the same shuffle, sums, states and random streams.
+    import signal
+
+    from mtlrepro.interrupt import Interrupted
+    from mtlrepro.step import Stepper
     from mtlrepro.train import train
 
     spec = spec_for(method, epochs=2)
+    straight = train(spec, small_data, tmp_path / "straight", progress=False, device="cpu")
 
-    def die_after_first_epoch(epoch):
+    real_step = Stepper.step
+
+    def step_then_sigterm(self, x, y, epoch=1, iteration=0):
+        result = real_step(self, x, y, epoch=epoch, iteration=iteration)
+        if iteration in (1, 5):
+            assert callable(signal.getsignal(signal.SIGTERM)), "train() must handle SIGTERM while it runs"
+            signal.raise_signal(signal.SIGTERM)
+        return result
+
+    def crash_after_first_epoch(epoch):
         if epoch == 1:
             raise KeyboardInterrupt
 
-    straight = train(spec, small_data, tmp_path / "straight", progress=False, device="cpu")
+    monkeypatch.setattr(Stepper, "step", step_then_sigterm)
+    run = tmp_path / "resumed"
+    with pytest.raises(Interrupted, match="in epoch 1 at step 2"):
+        train(spec, small_data, run, progress=False, device="cpu")
     with pytest.raises(KeyboardInterrupt):
-        train(spec, small_data, tmp_path / "resumed", progress=False, device="cpu", on_checkpoint=die_after_first_epoch)
-    resumed = train(spec, small_data, tmp_path / "resumed", progress=False, device="cpu")
-    assert resumed["provenance"]["resumed_from_epoch"] == 1
+        train(spec, small_data, run, progress=False, device="cpu", on_checkpoint=crash_after_first_epoch)
+    with pytest.raises(Interrupted, match="in epoch 2 at step 2"):
+        train(spec, small_data, run, progress=False, device="cpu")
+    resumed = train(spec, small_data, run, progress=False, device="cpu")
+    assert (resumed["provenance"]["resumed_from_epoch"], resumed["provenance"]["resumed_from_step"]) == (1, 2)
     strip = lambda r: [{k: v for k, v in e.items() if k != "seconds"} for e in r["epochs"]]  # noqa: E731
     assert strip(resumed) == strip(straight)
     assert resumed["final"] == straight["final"]
+    assert resumed["timing"]["iterations"] == straight["timing"]["iterations"] == 8
     assert all(torch.isfinite(torch.tensor(list(e["train_loss"].values()))).all() for e in straight["epochs"])
     described = {m["name"]: m for m in straight["methods"]}
     assert "heads" in described[method]["options"]

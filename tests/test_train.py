@@ -3,10 +3,12 @@
 import json
 
 import pytest
+import torch
 
 from mtlrepro.cli import main
-from mtlrepro.data import prepare
+from mtlrepro.data import prepare, splits_sha256
 from mtlrepro.errors import TrainingError
+from mtlrepro.io import save_torch_atomic
 from mtlrepro.run import CHECKPOINT_FILE, METRICS_FILE, code_files, file_sha256, run_provenance
 from mtlrepro.seeding import derive_seed
 from mtlrepro.train import train
@@ -67,23 +69,33 @@ def test_killed_run_resumes_to_the_same_numbers(small_data, tmp_path, monkeypatc
     seen = []
     resumed = train(spec, small_data, tmp_path / "resumed", progress=False, on_checkpoint=seen.append)
     assert seen == [2]  # epoch 1 came from the checkpoint
-    assert resumed["provenance"]["resumed_from_epoch"] == 1
-    assert straight["provenance"]["resumed_from_epoch"] == 0
+    assert (resumed["provenance"]["resumed_from_epoch"], resumed["provenance"]["resumed_from_step"]) == (1, 0)
+    assert (straight["provenance"]["resumed_from_epoch"], straight["provenance"]["resumed_from_step"]) == (0, 0)
     assert numbers(resumed) == numbers(straight)
 
 
-def test_checkpoint_of_another_spec_is_ignored(small_data, tmp_path):
+def test_checkpoint_of_another_spec_is_ignored(small_data, tmp_path, capsys):
     train(spec_for("ew", lr=0.01), small_data, tmp_path / "run", progress=False)
+    assert capsys.readouterr().err == ""
     seen = []
     train(spec_for("ew", lr=0.02), small_data, tmp_path / "run", progress=False, on_checkpoint=seen.append)
     assert seen == [1, 2]
+    assert capsys.readouterr().err == (
+        f"mtlrepro: note: checkpoint {tmp_path / 'run' / CHECKPOINT_FILE} was written under another spec, data or "
+        "code; training from scratch\n"
+    )
 
 
 def test_checkpoint_made_from_other_data_is_ignored(small_data, tmp_path):
     # A rerun caused by new data (or new code) must train from scratch, not resume a finished run.
     spec = spec_for("ew")
     train(spec, small_data, tmp_path / "run", progress=False)
-    other_data = prepare("multi_digits", {**SMALL_DATA, "generation_seed": 1}, tmp_path / "other.pt")
+    # the same options over other source data (say, a new release of the raw files): other bytes
+    payload = torch.load(small_data, weights_only=True)
+    payload["splits"]["train"]["y"] = payload["splits"]["train"]["y"].flip(0)
+    payload["splits_sha256"] = splits_sha256(payload["splits"])
+    other_data = tmp_path / "other.pt"
+    save_torch_atomic(other_data, payload)
     seen = []
     again = train(spec, other_data, tmp_path / "run", progress=False, on_checkpoint=seen.append)
     assert seen == [1, 2]
@@ -208,3 +220,15 @@ def test_selected_weights_survive_a_resume(small_data, tmp_path):
     b = torch.load(tmp_path / "resumed" / "selected.pt", weights_only=False)
     assert a["epoch"] == b["epoch"] == straight["selection"]["epoch"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_a_cache_built_with_other_options_is_refused_naming_it(tmp_path, capsys):
+    # the spec says SMALL_DATA's n_train; the cache in its place was built from fewer pairs
+    other = prepare("multi_digits", {**SMALL_DATA, "n_train": SMALL_DATA["n_train"] // 2}, tmp_path / "md.pt")
+    spec = spec_for("ew")
+    args = ["train", "--spec", json.dumps(spec.to_json()), "--data", str(other), "--out", str(tmp_path / "run")]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mtlrepro: error: data cache {other} was built with options")
+    assert f"n_train: {SMALL_DATA['n_train'] // 2}" in err and f"n_train: {SMALL_DATA['n_train']}" in err
+    assert "\n" not in err and not (tmp_path / "run").exists()
