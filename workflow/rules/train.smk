@@ -10,6 +10,9 @@
 # of a dataset is in the group train_<dataset>: `--group-components
 # train_<dataset>=N` sends N of them out as one job (README, "On a SLURM cluster").
 
+# How often a train job also checkpoints within an epoch. It is passed as a
+# resource, not a param: changing it must not retrain finished runs.
+CHECKPOINT_MINUTES = str(config.get("checkpoint_minutes", 30))
 TRAIN_DEFAULTS = {"threads": 1, "mem_mb": 2000, "runtime": 60, "gpu": 0}
 DATASET_CONFIG = config.get("datasets") or {}
 TRAIN_JOB = {
@@ -39,6 +42,7 @@ rule train:
         mem_mb=lambda w, attempt: TRAIN_JOB[w.dataset]["mem_mb"] * attempt,
         runtime=lambda w, attempt: TRAIN_JOB[w.dataset]["runtime"] * attempt,
         gpu=lambda w: TRAIN_JOB[w.dataset]["gpu"],
+        checkpoint_minutes=CHECKPOINT_MINUTES,
         # the GPU type only for jobs that take a GPU (a None resource is not requested)
         gpu_model=lambda w: (
             TRAIN_JOB[w.dataset].get("gpu_model")
@@ -49,6 +53,9 @@ rule train:
         spec=lambda w: canonical_json(run_of(w).to_json()),
         outdir=lambda w, output: Path(output[0]).parent,
         device=DEVICE,
+    # the log gathers every attempt of a run (>>): a preempted attempt's last
+    # line says where it stopped, the next attempt's where it resumed
     shell:
         "python -m mtlrepro train --spec {params.spec:q} --data {input.data} --out {params.outdir}"
-        " --device {params.device} --threads {threads} > {log} 2>&1"
+        " --device {params.device} --threads {threads}"
+        " --checkpoint-minutes {resources.checkpoint_minutes} >> {log} 2>&1"
