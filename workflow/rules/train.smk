@@ -53,9 +53,7 @@ rule train:
         spec=lambda w: canonical_json(run_of(w).to_json()),
         outdir=lambda w, output: Path(output[0]).parent,
         device=DEVICE,
-    # the log gathers every attempt of a run (>>): a preempted attempt's last
-    # line says where it stopped, the next attempt's where it resumed
     shell:
         "python -m mtlrepro train --spec {params.spec:q} --data {input.data} --out {params.outdir}"
         " --device {params.device} --threads {threads}"
-        " --checkpoint-minutes {resources.checkpoint_minutes} >> {log} 2>&1"
+        " --checkpoint-minutes {resources.checkpoint_minutes} > {log} 2>&1"
