@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mtlrepro.errors import ConfigError, UserError
 from mtlrepro.interrupt import Interrupted
@@ -38,26 +38,23 @@ def _json_arg(text: str) -> dict:
     return value
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: an integer of 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _at_least(convert: Callable[[str], float], minimum: float, meaning: str) -> Callable[[str], float]:
+    """An argparse type: ``convert(text)``, refused below ``minimum`` (and NaN) with what the value means."""
+
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {meaning}") from None
+        if not value >= minimum:  # NaN included
+            raise argparse.ArgumentTypeError(f"must be {meaning}, got {text}")
+        return value
+
+    return parse
 
 
-def _minutes(text: str) -> float:
-    """An argparse type: a number of minutes, 0 or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:  # NaN included
-        raise argparse.ArgumentTypeError(f"must be 0 or more minutes, got {text}")
-    return value
+_positive_int = _at_least(int, 1, "a positive integer")
+_minutes = _at_least(float, 0.0, "a number of minutes, 0 or more")
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -414,9 +414,9 @@ def test_a_non_finite_loss_in_epoch_one_leaves_no_run_directory(small_data, tmp_
     [
         ("--threads", "0", "argument --threads: must be a positive integer, got 0"),
         ("--threads", "-2", "argument --threads: must be a positive integer, got -2"),
-        ("--threads", "two", "argument --threads: 'two' is not an integer"),
-        ("--checkpoint-minutes", "-1", "argument --checkpoint-minutes: must be 0 or more minutes, got -1"),
-        ("--checkpoint-minutes", "nan", "argument --checkpoint-minutes: must be 0 or more minutes, got nan"),
+        ("--threads", "two", "argument --threads: 'two' is not a positive integer"),
+        ("--checkpoint-minutes", "-1", "argument --checkpoint-minutes: must be a number of minutes, 0 or more, got -1"),
+        ("--checkpoint-minutes", "nan", "argument --checkpoint-minutes: must be a number of minutes, 0 or more, got nan"),
     ],
 )
 def test_bad_train_options_are_refused_before_anything_runs(tmp_path, capsys, option, value, message):
