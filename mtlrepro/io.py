@@ -76,6 +76,24 @@ def _failure(err: OSError, path: Path) -> str:
     return f"{reason}; {advice}" if advice else reason
 
 
+def _sync(path: Path) -> None:
+    """Flush a file's (or a directory's entries') data to the storage device."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def stale_temporaries(directory: Path) -> list[Path]:
+    """The temporary files of atomic writes in ``directory`` that a killed writer left behind.
+
+    Only a directory no other process writes into (a run directory while its
+    job runs) may be swept with this.
+    """
+    return sorted(directory.glob(".*.tmp")) if directory.is_dir() else []
+
+
 def _create_temp(path: Path) -> Path:
     """Create an empty temporary file beside ``path``, with mode 0666 less the umask in force now.
 
@@ -107,8 +125,10 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = _create_temp(path)
         write(tmp)
+        _sync(tmp)  # on disk before it takes the name: a crash leaves the old file or the new, never an empty one
         os.replace(tmp, path)
         tmp = None
+        _sync(path.parent)
     except OSError as err:
         raise OutputError(f"cannot write {path}: {_failure(err, path)}") from None
     finally:

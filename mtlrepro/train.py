@@ -21,6 +21,7 @@ import importlib.metadata
 import os
 import platform
 import resource
+import signal
 import sys
 import tempfile
 import time
@@ -42,7 +43,7 @@ from mtlrepro.data import MTLData, Split, Task, dataset_module, load
 from mtlrepro.data.noise import corrupt_labels
 from mtlrepro.errors import ConfigError, OutputError, TrainingError
 from mtlrepro.interrupt import Interrupted, StopRequest
-from mtlrepro.io import digest, save_torch_atomic, write_json_atomic
+from mtlrepro.io import digest, save_torch_atomic, stale_temporaries, write_json_atomic
 from mtlrepro.metrics import HIGHER, correct_count
 from mtlrepro.run import (
     CHECKPOINT_FILE,
@@ -503,11 +504,16 @@ def train(
                 checkpoints.save(session)
                 if on_checkpoint is not None:
                     on_checkpoint(epoch)
-                checkpoints.stop_if_asked(f"at the end of epoch {epoch}")
+                checkpoints.stop_if_asked(session)
 
         # the selected epoch's weights, then the run record, written last and atomically
         save_torch_atomic(out_dir / SELECTED_FILE, session.selected)
-        provenance |= {"run_hash": run_hash, "resumed_from_epoch": resumed[0], "resumed_from_step": resumed[1]}
+        provenance |= {
+            "run_hash": run_hash,
+            "resumed_from_epoch": resumed[0],
+            "resumed_from_step": resumed[1],
+            "interruptions": session.clock.get("interruptions", []),
+        }
         result = run_record(
             spec, run_data, session.methods, session.history, provenance, session.clock, started, dev, out_dir
         )
@@ -552,15 +558,23 @@ class Checkpoints:
 
     def after_step(self, session: Session, current: EpochInProgress) -> None:
         """After a step of ``current``: checkpoint when due; when a stop was asked for, checkpoint and stop."""
-        asked = self.stop.received is not None
-        if asked or (self.interval is not None and time.monotonic() - self.last >= self.interval):
+        self.stop_if_asked(session, current)
+        if self.interval is not None and time.monotonic() - self.last >= self.interval:
             self.save(session, current)
-        self.stop_if_asked(f"in epoch {current.epoch} at step {current.sums.steps}")
 
-    def stop_if_asked(self, where: str) -> None:
-        """Raise :class:`Interrupted` (the checkpoint is already written) if a stop signal came."""
-        if self.stop.received is not None:
-            raise Interrupted(self.stop.received, where, self.path)
+    def stop_if_asked(self, session: Session, current: EpochInProgress | None = None) -> None:
+        """If a stop signal came: note it in the run's clock, checkpoint, and raise :class:`Interrupted`.
+
+        ``current`` is the epoch stopped within; None after an epoch's own checkpoint.
+        """
+        if self.stop.received is None:
+            return
+        epoch, step = (len(session.history), 0) if current is None else (current.epoch, current.sums.steps)
+        signal_name = signal.Signals(self.stop.received).name
+        session.clock.setdefault("interruptions", []).append({"signal": signal_name, "epoch": epoch, "step": step})
+        self.save(session, current)
+        where = f"at the end of epoch {epoch}" if current is None else f"in epoch {epoch} at step {step}"
+        raise Interrupted(self.stop.received, where, self.path)
 
 
 #: the keys every checkpoint of :meth:`Session.state_dict` has
@@ -670,6 +684,8 @@ def run_directory(path: Path) -> Iterator[Path]:
         blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
         reason = f"{blocker} is a file, not a directory" if blocker is not None else err.strerror or str(err)
         raise OutputError(f"cannot write in the run directory {path}: {reason}") from None
+    for stale in stale_temporaries(path):  # a half-written checkpoint of an attempt killed while saving
+        stale.unlink(missing_ok=True)
     try:
         yield path
     except BaseException:

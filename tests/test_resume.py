@@ -159,7 +159,17 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint_and_a_rerun_ends_with_the_sam
     assert SUMMARY.match(rerun.stdout.strip()), rerun.stdout
     record = json.loads((out / METRICS_FILE).read_text())
     assert resumed_at(record) == where
+    stop = (
+        {"epoch": int(stopped["epoch"]), "step": int(stopped["step"])}
+        if stopped["end"] is None
+        else {
+            "epoch": int(stopped["end"]),
+            "step": 0,
+        }
+    )
+    assert record["provenance"]["interruptions"] == [{"signal": "SIGTERM", **stop}]
     assert numbers(record) == numbers(uninterrupted)
+    assert uninterrupted["provenance"]["interruptions"] == []
 
 
 def test_sigkill_loses_only_the_work_since_the_last_checkpoint(small_data, tmp_path, uninterrupted):
@@ -172,12 +182,17 @@ def test_sigkill_loses_only_the_work_since_the_last_checkpoint(small_data, tmp_p
     assert not (out / METRICS_FILE).exists()
     saved = checkpoint_position(out / CHECKPOINT_FILE)
     assert saved != (0, 0)
+    # as if the kill had come while a checkpoint was being written
+    half_written = out / f".{CHECKPOINT_FILE}.0a1b2c3d.tmp"
+    half_written.write_bytes((out / CHECKPOINT_FILE).read_bytes()[:100])
 
     rerun = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     record = json.loads((out / METRICS_FILE).read_text())
     assert resumed_at(record) == saved
     assert numbers(record) == numbers(uninterrupted)
+    assert record["provenance"]["interruptions"] == []  # a kill leaves no word: only a stop signal is noted
+    assert not half_written.exists()
 
 
 # --------------------------------------------------------------------------- signals raised from inside a step
@@ -416,7 +431,11 @@ def test_a_non_finite_loss_in_epoch_one_leaves_no_run_directory(small_data, tmp_
         ("--threads", "-2", "argument --threads: must be a positive integer, got -2"),
         ("--threads", "two", "argument --threads: 'two' is not a positive integer"),
         ("--checkpoint-minutes", "-1", "argument --checkpoint-minutes: must be a number of minutes, 0 or more, got -1"),
-        ("--checkpoint-minutes", "nan", "argument --checkpoint-minutes: must be a number of minutes, 0 or more, got nan"),
+        (
+            "--checkpoint-minutes",
+            "nan",
+            "argument --checkpoint-minutes: must be a number of minutes, 0 or more, got nan",
+        ),
     ],
 )
 def test_bad_train_options_are_refused_before_anything_runs(tmp_path, capsys, option, value, message):

@@ -184,12 +184,15 @@ def test_a_cancelled_train_job_is_retried_with_larger_limits_and_resumes(slurm_s
     for job_id in retried:
         assert jobs[job_id]["JobState"] == "COMPLETED"
         assert minutes(jobs[job_id]["TimeLimit"]) == 10 and jobs[job_id]["MinMemoryNode"] == "2000M"
-    resumed = []
+    resumed, stops = [], []
     for method in METHODS:
         record = json.loads((workdir / f"results/runs/multi_digits/hps/{method}/clean/seed0/metrics.json").read_text())
         assert len(record["epochs"]) == EPOCHS
         resumed.append(record["provenance"]["resumed_from_epoch"])
+        stops += record["provenance"]["interruptions"]
     assert any(0 < epoch < EPOCHS for epoch in resumed), resumed
+    # scancel's SIGTERM reached the training process, which checkpointed where it stood before it ended
+    assert stops and all(stop["signal"] == "SIGTERM" for stop in stops), stops
 
 
 def test_a_dataset_that_asks_for_a_gpu_gets_one_from_slurm_and_runs(slurm_study, cluster):
