@@ -12,10 +12,14 @@ rule flatness:
         "results/logs/flatness/{dataset}/{arch}/{method}/{noise}/seed{seed}.log",
     conda:
         "../../envs/mtlrepro.yaml"
-    threads: TRAIN_RESOURCES.get("threads", 1)
+    # the resources of the dataset's train jobs (common.smk): a Hessian of a model
+    # that trains on a GPU is computed on one too
+    threads: lambda w: TRAIN_JOB[w.dataset]["threads"]
     resources:
-        mem_mb=TRAIN_RESOURCES.get("mem_mb", 2000),
-        runtime=TRAIN_RESOURCES.get("runtime", 60),
+        mem_mb=lambda w, attempt: TRAIN_JOB[w.dataset]["mem_mb"] * attempt,
+        runtime=lambda w, attempt: TRAIN_JOB[w.dataset]["runtime"] * attempt,
+        gpu=lambda w: TRAIN_JOB[w.dataset]["gpu"],
+        gpu_model=requested_gpu_model,
     params:
         run_dir=lambda w, input: Path(input.metrics).parent,
         batches=FLATNESS.get("batches", 8),

@@ -49,6 +49,16 @@ REFERENCE_FILES = sorted(
 DATA_OPTIONS = {run.dataset: run.data_options for run in RUNS.values()}
 DEVICE = config.get("device", "auto")
 TRAIN_RESOURCES = config.get("resources", {})
+# The resources of a dataset's jobs: its `resources:` entry over the top-level one.
+TRAIN_DEFAULTS = {"threads": 1, "mem_mb": 2000, "runtime": 60, "gpu": 0}
+TRAIN_JOB = {
+    dataset: {
+        **TRAIN_DEFAULTS,
+        **TRAIN_RESOURCES,
+        **(((config.get("datasets") or {}).get(dataset) or {}).get("resources") or {}),
+    }
+    for dataset in {run.dataset for run in RUNS.values()}
+}
 FLATNESS = config.get("analysis", {}).get("flatness", {})
 
 
@@ -61,6 +71,12 @@ wildcard_constraints:
     study=r"[A-Za-z0-9_-]+",
     paper=r"rw|excess_mtl",
     kind="|".join(dict.fromkeys(TABLE_KINDS + FIGURE_KINDS)),
+
+
+def requested_gpu_model(wildcards):
+    """The GPU type of a dataset's jobs, only for those that take a GPU (None: not requested)."""
+    job = TRAIN_JOB[wildcards.dataset]
+    return job.get("gpu_model") if job["gpu"] else None
 
 
 def run_of(wildcards):

@@ -13,16 +13,6 @@
 # How often a train job also checkpoints within an epoch. It is passed as a
 # resource, not a param: changing it must not retrain finished runs.
 CHECKPOINT_MINUTES = str(config.get("checkpoint_minutes", 30))
-TRAIN_DEFAULTS = {"threads": 1, "mem_mb": 2000, "runtime": 60, "gpu": 0}
-DATASET_CONFIG = config.get("datasets") or {}
-TRAIN_JOB = {
-    dataset: {
-        **TRAIN_DEFAULTS,
-        **TRAIN_RESOURCES,
-        **((DATASET_CONFIG.get(dataset) or {}).get("resources") or {}),
-    }
-    for dataset in {run.dataset for run in RUNS.values()}
-}
 
 
 rule train:
@@ -43,12 +33,7 @@ rule train:
         runtime=lambda w, attempt: TRAIN_JOB[w.dataset]["runtime"] * attempt,
         gpu=lambda w: TRAIN_JOB[w.dataset]["gpu"],
         checkpoint_minutes=CHECKPOINT_MINUTES,
-        # the GPU type only for jobs that take a GPU (a None resource is not requested)
-        gpu_model=lambda w: (
-            TRAIN_JOB[w.dataset].get("gpu_model")
-            if TRAIN_JOB[w.dataset]["gpu"]
-            else None
-        ),
+        gpu_model=requested_gpu_model,
     params:
         spec=lambda w: canonical_json(run_of(w).to_json()),
         outdir=lambda w, output: Path(output[0]).parent,
