@@ -44,6 +44,7 @@ RUNS_DIR = "results/runs"
 #: modules of the training core: every run's numbers depend on them (found by path, never imported here)
 CORE_MODULES = (
     "mtlrepro.train",
+    "mtlrepro.checkpoint",
     "mtlrepro.step",
     "mtlrepro.run",
     "mtlrepro.metrics",

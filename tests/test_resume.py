@@ -22,14 +22,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from mtlrepro import checkpoint as checkpoint_module
 from mtlrepro import train as train_module
+from mtlrepro.checkpoint import CHECKPOINT_KEYS
 from mtlrepro.cli import main
 from mtlrepro.errors import DataError, TrainingError
 from mtlrepro.interrupt import Interrupted
 from mtlrepro.io import digest
 from mtlrepro.run import CHECKPOINT_FILE, METRICS_FILE, SELECTED_FILE, run_provenance
 from mtlrepro.step import Stepper
-from mtlrepro.train import CHECKPOINT_KEYS, train
+from mtlrepro.train import train
 
 from conftest import spec_for
 
@@ -298,6 +300,7 @@ def test_checkpoint_minutes_sets_how_often_a_checkpoint_is_written_and_never_the
 
     straight = train(spec, small_data, tmp_path / "straight", progress=False, device="cpu")
     monkeypatch.setattr(train_module, "save_torch_atomic", counting_save)
+    monkeypatch.setattr(checkpoint_module, "save_torch_atomic", counting_save)
     record = train(spec, small_data, tmp_path / "run", progress=False, device="cpu", checkpoint_minutes=minutes)
     assert written.count(CHECKPOINT_FILE) == checkpoints
     assert numbers(record) == numbers(straight)
