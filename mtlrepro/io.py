@@ -76,7 +76,7 @@ def _failure(err: OSError, path: Path) -> str:
     return f"{reason}; {advice}" if advice else reason
 
 
-def _sync(path: Path) -> None:
+def sync(path: Path) -> None:
     """Flush a file's (or a directory's entries') data to the storage device."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
@@ -125,10 +125,10 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = _create_temp(path)
         write(tmp)
-        _sync(tmp)  # on disk before it takes the name: a crash leaves the old file or the new, never an empty one
+        sync(tmp)  # on disk before it takes the name: a crash leaves the old file or the new, never an empty one
         os.replace(tmp, path)
         tmp = None
-        _sync(path.parent)
+        sync(path.parent)
     except OSError as err:
         raise OutputError(f"cannot write {path}: {_failure(err, path)}") from None
     finally:
