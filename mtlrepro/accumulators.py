@@ -16,6 +16,8 @@ Directions (``"higher"``/``"lower"`` is better) use :data:`mtlrepro.metrics.HIGH
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -33,6 +35,7 @@ __all__ = [
     "Normals",
     "RegressionMSE",
     "Segmentation",
+    "TaggingF1",
 ]
 
 
@@ -455,3 +458,58 @@ class RegressionMSE(ExampleMean):
     def per_example(self, prediction: Tensor, target: Tensor) -> Tensor:
         """The squared error of every example, in double precision."""
         return (prediction.to(torch.float64) - target.to(torch.float64)).square()
+
+
+class TaggingF1(Accumulator):
+    """F1 in percent of word-level tags, as XTREME scores UD-POS (RW Sec. 5.3, Table 3).
+
+    XTREME's ``run_tag.py`` drops the positions without a word-level label (sub-word pieces after a word's
+    first one, special tokens, padding) and calls ``seqeval``'s ``f1_score`` on the remaining tag sequences,
+    one per sentence; this does the same over the whole set. seqeval reads tags as IOB chunks, so on POS
+    tags (which have no B-/I- prefix) its F1 is not the token accuracy; it is what the published numbers are.
+
+    ``prediction``: logits ``[B, L, C]``; ``target``: integer labels ``[B, L]``, ``ignore_index`` where unscored.
+    ``labels`` names the C tags. Predictions are kept on the device until ``compute()``.
+    """
+
+    directions: ClassVar[dict[str, str]] = {"f1": HIGHER}
+
+    def __init__(self, labels: Sequence[str], ignore_index: int = -1) -> None:
+        if not labels:
+            raise ValueError("TaggingF1: the tag names are needed (seqeval scores tag strings)")
+        self.labels = tuple(labels)
+        self.ignore_index = ignore_index
+        super().__init__()
+
+    def reset(self) -> None:
+        """Forget every batch added so far."""
+        super().reset()
+        self._batches: list[tuple[Tensor, Tensor]] = []
+
+    def update(self, prediction: Tensor, target: Tensor) -> None:
+        """Add a batch: logits ``[B, L, C]`` and labels ``[B, L]``."""
+        if prediction.dim() != 3 or prediction.shape[:2] != target.shape or prediction.shape[2] != len(self.labels):
+            raise ValueError(
+                f"TaggingF1: expected prediction [B, L, {len(self.labels)}] and target [B, L], "
+                f"got {_shape(prediction)} and {_shape(target)}"
+            )
+        self._check_device(prediction, target)
+        self._batches.append((prediction.argmax(dim=2), target.detach().clone()))
+
+    def compute(self) -> dict[str, float]:
+        """``{"f1": percent}``: seqeval's micro F1 over every sentence of the set."""
+        from seqeval.metrics import f1_score
+
+        truth: list[list[str]] = []
+        guess: list[list[str]] = []
+        for predicted, target in self._batches:
+            for p_row, t_row in zip(predicted.cpu().tolist(), target.cpu().tolist(), strict=True):
+                keep = [i for i, t in enumerate(t_row) if t != self.ignore_index]
+                if keep:
+                    truth.append([self.labels[t_row[i]] for i in keep])
+                    guess.append([self.labels[p_row[i]] for i in keep])
+        if not truth:
+            raise self._empty()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "X seems not to be NE tag": POS tags have no IOB prefix
+            return {"f1": 100.0 * float(f1_score(truth, guess))}

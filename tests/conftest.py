@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from mtlrepro.archs import build_model
 from mtlrepro.data import Task, prepare
 from mtlrepro.run import RunSpec
 from mtlrepro.studies import expand
+
+from fixtures.server import Server, local_server, no_proxy
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_DATA = {"n_train": 512, "n_val": 256, "n_test": 256}
@@ -172,3 +175,11 @@ def gradient_cases(seed_base: int = 1000) -> tuple[list[tuple[int, str, torch.Te
     ]
     ids = [f"T{n}-{name}-{i % 8 // 4}" for i, (n, name, _) in enumerate(cases)]
     return cases, ids
+
+
+@pytest.fixture
+def http_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    """A throwaway HTTP server on 127.0.0.1 (:mod:`fixtures.server`), with proxies bypassed, for one test."""
+    no_proxy(monkeypatch)
+    with local_server() as state:
+        yield state

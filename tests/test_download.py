@@ -14,134 +14,29 @@ import io
 import os
 import socket
 import tarfile
-import threading
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from mtlrepro.data.download import Source, fetch, sha256_file, unpack
 from mtlrepro.errors import DataError
 
+from fixtures.server import Server, local_server, no_proxy
+
 PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes, several read chunks of the handler
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
-@dataclass
-class Behaviour:
-    """How the server misbehaves for one path."""
-
-    fail_first: int = 0  # answer 503 to this many requests first
-    drop_after: int | None = None  # close the connection after this many body bytes ...
-    drop_times: int = 1  # ... on this many requests
-    ignore_range: bool = False  # answer 200 with the whole file to a Range request
-    corrupt: bool = False  # serve other bytes of the same length
-    missing: bool = False  # answer 404
-
-
-@dataclass
-class Server:
-    """The state of the test server: files, behaviours and the requests it saw."""
-
-    port: int
-    files: dict[str, bytes] = field(default_factory=dict)
-    behaviour: dict[str, Behaviour] = field(default_factory=dict)
-    requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def serve(self, path: str, data: bytes = PAYLOAD, **behaviour) -> str:
-        """Serve ``data`` at ``path`` with ``behaviour``; return its URL."""
-        self.files[path] = data
-        self.behaviour[path] = Behaviour(**behaviour)
-        return self.url(path)
-
-    def seen(self, path: str) -> list[str | None]:
-        """The Range headers of the requests for ``path``, in order (``None``: no Range)."""
-        return [byte_range for p, byte_range in self.requests if p == path]
-
-
-class Handler(BaseHTTPRequestHandler):
-    """Serves ``server.state.files``, with Range support and the misbehaviour of each path."""
-
-    server: ThreadingHTTPServer
-
-    def log_message(self, format: str, *args) -> None:  # quiet
-        pass
-
-    def do_GET(self) -> None:
-        state: Server = self.server.state  # type: ignore[attr-defined]
-        byte_range = self.headers.get("Range")
-        with state.lock:
-            state.requests.append((self.path, byte_range))
-            behaviour = state.behaviour.get(self.path, Behaviour())
-            data = state.files.get(self.path)
-            failing = behaviour.fail_first > 0
-            if failing:
-                behaviour.fail_first -= 1
-            dropping = behaviour.drop_after is not None and behaviour.drop_times > 0
-            if dropping:
-                behaviour.drop_times -= 1
-        if data is None or behaviour.missing:
-            self.send_error(404)
-            return
-        if failing:
-            self.send_error(503)
-            return
-        if behaviour.corrupt:
-            data = bytes(255 - b for b in data)
-        start = 0
-        if byte_range is not None and not behaviour.ignore_range:
-            start = int(byte_range.removeprefix("bytes=").split("-")[0])
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if dropping:
-            self.wfile.write(body[: behaviour.drop_after])
-            self.wfile.flush()
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        self.wfile.write(body)
-
-
 @pytest.fixture(autouse=True)
-def no_proxy(monkeypatch):
-    """Requests go straight to 127.0.0.1, whatever proxy the environment names."""
-    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
+def _no_proxy(monkeypatch):
+    no_proxy(monkeypatch)
 
 
 @pytest.fixture
 def server() -> Iterator[Server]:
-    """A threading HTTP server on 127.0.0.1, on a free port, for the test's duration."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    state = Server(port=httpd.server_address[1])
-    httpd.state = state  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with local_server() as state:
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
 
 
 @pytest.fixture
@@ -175,7 +70,7 @@ def test_source_defaults_its_filename_to_the_urls_last_segment():
 
 
 def test_fresh_download_is_verified_and_moved_into_place(server, tmp_path):
-    url = server.serve("/data/file.bin")
+    url = server.serve("/data/file.bin", PAYLOAD)
     path = quick(Source(url, SHA, len(PAYLOAD)), tmp_path / "raw")
     assert path == tmp_path / "raw" / "file.bin"
     assert path.read_bytes() == PAYLOAD
@@ -185,7 +80,7 @@ def test_fresh_download_is_verified_and_moved_into_place(server, tmp_path):
 
 
 def test_file_already_present_makes_no_request(server, tmp_path):
-    url = server.serve("/file.bin")
+    url = server.serve("/file.bin", PAYLOAD)
     (tmp_path / "file.bin").write_bytes(PAYLOAD)
     assert quick(Source(url, SHA, len(PAYLOAD)), tmp_path) == tmp_path / "file.bin"
     assert quick(Source(url, SHA, None), tmp_path) == tmp_path / "file.bin"
@@ -193,14 +88,14 @@ def test_file_already_present_makes_no_request(server, tmp_path):
 
 
 def test_a_wrong_file_in_place_is_downloaded_again(server, tmp_path):
-    url = server.serve("/file.bin")
+    url = server.serve("/file.bin", PAYLOAD)
     (tmp_path / "file.bin").write_bytes(PAYLOAD[:-1] + b"x")
     assert quick(Source(url, SHA, len(PAYLOAD)), tmp_path).read_bytes() == PAYLOAD
     assert len(server.requests) == 1
 
 
 def test_dropped_connection_is_resumed_with_a_range_request(server, tmp_path):
-    url = server.serve("/file.bin", drop_after=30_000)
+    url = server.serve("/file.bin", PAYLOAD, drop_after=30_000)
     path = quick(Source(url, SHA, len(PAYLOAD)), tmp_path)
     assert path.read_bytes() == PAYLOAD
     assert server.seen("/file.bin") == [None, "bytes=30000-"]
@@ -208,7 +103,7 @@ def test_dropped_connection_is_resumed_with_a_range_request(server, tmp_path):
 
 
 def test_interrupted_download_is_resumed_by_the_next_call(server, tmp_path):
-    url = server.serve("/file.bin", drop_after=40_000)
+    url = server.serve("/file.bin", PAYLOAD, drop_after=40_000)
     source = Source(url, SHA, len(PAYLOAD))
     with pytest.raises(DataError, match="connection closed after 40000 of 102400 bytes"):
         quick(source, tmp_path, retries=0)
@@ -219,7 +114,7 @@ def test_interrupted_download_is_resumed_by_the_next_call(server, tmp_path):
 
 
 def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
-    url = server.serve("/file.bin", ignore_range=True)
+    url = server.serve("/file.bin", PAYLOAD, ignore_range=True)
     (tmp_path / ".file.bin.part").write_bytes(PAYLOAD[:5000])
     path = quick(Source(url, SHA, len(PAYLOAD)), tmp_path)
     assert path.read_bytes() == PAYLOAD
@@ -227,21 +122,21 @@ def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
 
 
 def test_complete_part_file_answered_416_is_verified(server, tmp_path):
-    url = server.serve("/file.bin")
+    url = server.serve("/file.bin", PAYLOAD)
     (tmp_path / ".file.bin.part").write_bytes(PAYLOAD)
     assert quick(Source(url, SHA, None), tmp_path).read_bytes() == PAYLOAD
     assert server.seen("/file.bin") == [f"bytes={len(PAYLOAD)}-"]
 
 
 def test_503_then_success_within_retries(server, tmp_path):
-    url = server.serve("/file.bin", fail_first=2)
+    url = server.serve("/file.bin", PAYLOAD, fail_first=2)
     assert quick(Source(url, SHA, len(PAYLOAD)), tmp_path, retries=2).read_bytes() == PAYLOAD
     assert len(server.seen("/file.bin")) == 3
 
 
 def test_retries_exhausted_then_a_mirror_succeeds(server, tmp_path):
-    primary = server.serve("/primary/file.bin", fail_first=10)
-    mirror = server.serve("/mirror/file.bin")
+    primary = server.serve("/primary/file.bin", PAYLOAD, fail_first=10)
+    mirror = server.serve("/mirror/file.bin", PAYLOAD)
     path = quick(Source(primary, SHA, len(PAYLOAD), mirrors=(mirror,)), tmp_path, retries=2)
     assert path.read_bytes() == PAYLOAD
     assert len(server.seen("/primary/file.bin")) == 3
@@ -249,14 +144,14 @@ def test_retries_exhausted_then_a_mirror_succeeds(server, tmp_path):
 
 
 def test_404_is_not_retried_and_the_mirror_is_tried(server, tmp_path):
-    primary = server.serve("/gone/file.bin", missing=True)
-    mirror = server.serve("/mirror/file.bin")
+    primary = server.serve("/gone/file.bin", PAYLOAD, missing=True)
+    mirror = server.serve("/mirror/file.bin", PAYLOAD)
     assert quick(Source(primary, SHA, None, mirrors=(mirror,)), tmp_path, retries=3).read_bytes() == PAYLOAD
     assert len(server.seen("/gone/file.bin")) == 1
 
 
 def test_corrupt_bytes_raise_naming_file_url_and_sha_and_leave_nothing(server, tmp_path):
-    url = server.serve("/file.bin", corrupt=True)
+    url = server.serve("/file.bin", PAYLOAD, corrupt=True)
     actual = hashlib.sha256(bytes(255 - b for b in PAYLOAD)).hexdigest()
     with pytest.raises(DataError) as caught:
         quick(Source(url, SHA, len(PAYLOAD)), tmp_path)
@@ -276,7 +171,7 @@ def test_wrong_size_raises_and_leaves_nothing(server, tmp_path):
 
 def test_everything_unreachable_raises_one_line_with_urls_and_the_manual_step(server, tmp_path, closed_port):
     refused = f"http://127.0.0.1:{closed_port}/file.bin"
-    missing = server.serve("/file.bin", missing=True)
+    missing = server.serve("/file.bin", PAYLOAD, missing=True)
     source = Source(refused, SHA, len(PAYLOAD), mirrors=(missing,))
     with pytest.raises(DataError) as caught:
         quick(source, tmp_path, retries=1, dataset="celeba", manual="CelebA is on Google Drive: fetch it there")
@@ -293,7 +188,7 @@ def test_everything_unreachable_raises_one_line_with_urls_and_the_manual_step(se
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
 def test_downloaded_file_gets_the_umask(server, tmp_path, umask, mode):
-    url = server.serve("/file.bin")
+    url = server.serve("/file.bin", PAYLOAD)
     previous = os.umask(umask)
     try:
         path = quick(Source(url, SHA, len(PAYLOAD)), tmp_path)
@@ -303,7 +198,7 @@ def test_downloaded_file_gets_the_umask(server, tmp_path, umask, mode):
 
 
 def test_progress_bar_goes_to_stderr(server, tmp_path, capsys):
-    url = server.serve("/file.bin")
+    url = server.serve("/file.bin", PAYLOAD)
     quick(Source(url, SHA, len(PAYLOAD)), tmp_path, progress=True)
     captured = capsys.readouterr()
     assert "file.bin" in captured.err and captured.out == ""
