@@ -283,3 +283,20 @@ def test_unpack_refuses_a_damaged_archive(tmp_path):
     with pytest.raises(DataError, match="damaged"):
         unpack(tmp_path / "broken.zip", tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.zip"]
+
+
+def test_unpublished_checksum_is_trusted_on_first_use_and_kept(server, tmp_path):
+    """A source without a published sha256 is downloaded, size-checked, and not downloaded again."""
+    url = server.serve("/raw.bin", PAYLOAD)
+    source = Source(url, None, len(PAYLOAD))
+    path = fetch(source, tmp_path, backoff=0)
+    assert path.read_bytes() == PAYLOAD
+    assert fetch(source, tmp_path, backoff=0) == path
+    assert len(server.seen("/raw.bin")) == 1
+
+
+def test_unpublished_checksum_still_refuses_a_short_file(server, tmp_path):
+    url = server.serve("/short.bin", PAYLOAD[:1000])
+    with pytest.raises(DataError, match=r"short\.bin .*truncated.*1000 bytes instead of 102400"):
+        fetch(Source(url, None, len(PAYLOAD)), tmp_path, retries=0, backoff=0)
+    assert list(tmp_path.iterdir()) == []

@@ -15,7 +15,9 @@ directory:
 - the result is checked against the declared size and sha256 and only then
   moved onto its name (:func:`os.replace`), so the final name never holds a
   partial or corrupt file. A mismatch deletes the partial file and raises
-  :class:`~mtlrepro.errors.DataError`;
+  :class:`~mtlrepro.errors.DataError`. A source whose publisher gives no
+  checksum has ``sha256=None``: its file is trusted on first use (only the
+  size, when known, is checked) and the dataset records the sha256 it saw;
 - when no URL can deliver the file, one :class:`~mtlrepro.errors.DataError`
   line names every URL with its last error and says how to put the file in
   place by hand.
@@ -75,7 +77,7 @@ class Source:
     """
 
     url: str
-    sha256: str
+    sha256: str | None
     size: int | None
     filename: str | None = None
     mirrors: tuple[str, ...] = ()
@@ -84,9 +86,10 @@ class Source:
         for url in (self.url, *self.mirrors):
             if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
                 raise ValueError(f"source URL {url!r} is not an http(s) URL")
-        if not _SHA256.fullmatch(self.sha256.lower()):
-            raise ValueError(f"sha256 of {self.url} must be 64 hex digits, not {self.sha256!r}")
-        object.__setattr__(self, "sha256", self.sha256.lower())
+        if self.sha256 is not None:
+            if not _SHA256.fullmatch(self.sha256.lower()):
+                raise ValueError(f"sha256 of {self.url} must be 64 hex digits, not {self.sha256!r}")
+            object.__setattr__(self, "sha256", self.sha256.lower())
         object.__setattr__(self, "mirrors", tuple(self.mirrors))
         if self.size is not None and self.size < 0:
             raise ValueError(f"size of {self.url} must be a number of bytes, not {self.size!r}")
@@ -123,7 +126,7 @@ def _intact(path: Path, source: Source) -> bool:
     try:
         if not path.is_file() or (source.size is not None and path.stat().st_size != source.size):
             return False
-        return sha256_file(path) == source.sha256
+        return source.sha256 is None or sha256_file(path) == source.sha256
     except OSError:
         return False
 
@@ -248,7 +251,7 @@ def _manual_step(path: Path, source: Source, dataset: str | None, manual: str | 
     """How to put the file in place by hand."""
     key = f"datasets.{dataset or '<name>'}.path"
     step = (
-        f"download it by hand and put it at {path} (sha256 {source.sha256}), "
+        f"download it by hand and put it at {path}{f' (sha256 {source.sha256})' if source.sha256 else ''}, "
         f"or set `{key}` to a directory that holds it"
     )
     return f"{step}; {' '.join(manual.split())}" if manual else step
@@ -329,6 +332,8 @@ def _describe_mismatch(path: Path, source: Source) -> str:
     size = path.stat().st_size
     if source.size is not None and size != source.size:
         return f"{size} bytes instead of {source.size}"
+    if source.sha256 is None:
+        return "it cannot be read"
     return f"sha256 {sha256_file(path)[:12]}… instead of {source.sha256[:12]}…"
 
 
@@ -339,11 +344,16 @@ def _verify(part: Path, source: Source, url: str) -> None:
         actual = sha256_file(part)
     except OSError as err:
         raise DataError(f"cannot read the download of {source.filename} ({part}): {err.strerror or err}") from None
-    if (source.size is None or size == source.size) and actual == source.sha256:
+    if (source.size is None or size == source.size) and source.sha256 in (None, actual):
         return
     with contextlib.suppress(OSError):
         part.unlink()
     sizes = f", {size} bytes instead of {source.size}" if source.size is not None and size != source.size else ""
+    if source.sha256 is None:
+        raise DataError(
+            f"download of {source.filename} from {url} is truncated or the source changed: {size} bytes instead "
+            f"of {source.size}; the partial file was deleted: rerun to download it again"
+        )
     raise DataError(
         f"download of {source.filename} from {url} is corrupt or the source changed: "
         f"expected sha256 {source.sha256[:12]}…, got {actual[:12]}…{sizes}; the partial file was deleted: "
