@@ -29,13 +29,14 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mtlrepro.archs.hps import HPS
 from mtlrepro.models.lenet import LeNetEncoder
 from mtlrepro.step import Stepper
 from mtlrepro.train import pick_device
 from mtlrepro.weighting import parse_method, registry
-from mtlrepro.weighting.base import GRADIENT
+from mtlrepro.weighting.base import GRADIENT, Batch
 
 
 def loss_fn(outputs, y):
@@ -130,11 +131,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     torch.manual_seed(0)
-    model = HPS(LeNetEncoder(1, 36, rep_dim=args.rep_dim), args.rep_dim, [10] * args.tasks).to(device)
+    heads = [nn.Linear(args.rep_dim, 10) for _ in range(args.tasks)]
+    model = HPS(LeNetEncoder(1, 36, rep_dim=args.rep_dim), heads).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     x = torch.rand(args.batch_size, 1, 36, 36, device=device)
     y = torch.randint(10, (args.batch_size, args.tasks), device=device)
-    held = (torch.rand(args.batch_size, 1, 36, 36, device=device), y.clone())
+    held = Batch(torch.rand(args.batch_size, 1, 36, 36, device=device), y.clone())
 
     wanted = set(filter(None, args.methods.split(",")))
     candidates = {"fwd+1bwd": reference_step(model, 1), f"fwd+{args.tasks}bwd": reference_step(model, args.tasks)}

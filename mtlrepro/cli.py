@@ -5,6 +5,7 @@
     mtlrepro list                                  # methods, datasets, architectures
     mtlrepro check-config config/config.yaml       # validate a config, list its runs
     mtlrepro prepare multi_digits --out resources/data/multi_digits.pt
+    mtlrepro prepare nyuv2 --raw resources/raw/nyuv2 --out resources/data/nyuv2.pt
     mtlrepro train --spec '{...}' --data resources/data/multi_digits.pt --out results/runs/...
     mtlrepro table method_table --study '{...}' --out results/tables/rw/s/method_table results/runs/.../metrics.json
     mtlrepro figure learning_curves --study '{...}' --out results/figures/rw/s/learning_curves .../metrics.json
@@ -91,7 +92,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from mtlrepro.data import prepare
 
-    out = prepare(args.dataset, _json_arg(args.options), args.out)
+    out = prepare(args.dataset, _json_arg(args.options), args.out, raw=args.raw, path=args.path, progress=True)
     print(f"prepared {args.dataset} -> {out}")
     return 0
 
@@ -175,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset")
     p.add_argument("--options", default="{}", help="dataset options as a JSON object")
     p.add_argument("--out", required=True)
+    p.add_argument("--raw", default=None, help="where raw files are downloaded, verified and unpacked")
+    p.add_argument("--path", default=None, help="a directory that already holds the raw files (no download)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train one run and write its metrics.json")

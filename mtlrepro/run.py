@@ -58,12 +58,14 @@ CORE_MODULES = (
 class TrainingOptions:
     """Optimisation hyperparameters; defaults are the RW paper's Multi-MNIST setting (Sec. 5.1).
 
-    ``selection``: report the epoch with the best validation score (mean over
-    tasks of each task's first metric, sign-adjusted) or the last epoch; the
+    ``selection``: report the epoch with the best validation score (Delta_p of
+    every validation metric against the first epoch's) or the last epoch; the
     test split never chooses. ``noise_seed``: seed of the label corruption,
     shared by every method and seed of a study so that all of them see the same
-    noisy labels. Weight scales and representation gradients are options of
-    each method (see ``docs/methods.md``).
+    noisy labels. ``augment``: apply the dataset's train-time augmentation
+    (NYUv2 and CityScapes: random scale-crop and flip as MTAN/LibMTL; datasets
+    without one ignore it). Weight scales and representation gradients are
+    options of each method (see ``docs/methods.md``).
     """
 
     epochs: int = 100
@@ -75,6 +77,7 @@ class TrainingOptions:
     selection: Literal["best_val", "last"] = "best_val"
     eval_batch_size: int = 1024
     noise_seed: int = 0
+    augment: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):

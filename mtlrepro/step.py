@@ -30,23 +30,45 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mtlrepro.weighting.base import (
     Aggregation,
+    Batch,
     GradientAggregator,
     LossWeighting,
     Method,
     Need,
+    Rows,
     SetupInfo,
     apply_scale,
     scale_factor,
 )
 
-LossFn = Callable[[Sequence[Tensor], Tensor], Tensor]
-"""Maps head outputs and labels [B x T] to the task-loss vector [T]."""
+LossFn = Callable[[Sequence[Tensor], Any], Tensor]
+"""Maps head outputs and a batch's targets (whatever the loss function reads) to the task-loss vector [T]."""
+
+
+def encode(model: nn.Module, x: Tensor, rows: Rows) -> Tensor:
+    """The shared representation of every row of ``x``; each task's rows pass the encoder on their own.
+
+    A multi-input batch stacks one batch per task; encoding them separately
+    keeps batch-norm statistics per task's batch, as LibMTL's multi-input
+    trainer does (one forward pass per task).
+    """
+    if rows is None:
+        return model.encode(x)
+    return torch.cat([model.encode(x[r]) for r in rows])
+
+
+def task_inputs(inputs: Sequence[Tensor], rows: Rows) -> list[Tensor]:
+    """Head t's input: its copy of the representation, restricted to task t's rows (multi-input)."""
+    if rows is None:
+        return list(inputs)
+    return [z[r] for z, r in zip(inputs, rows, strict=True)]
 
 
 @dataclass
@@ -73,8 +95,7 @@ class StepContext:
     def __init__(
         self,
         stepper: Stepper,
-        x: Tensor,
-        y: Tensor,
+        batch: Batch,
         z: Tensor,
         z_heads: Sequence[Tensor] | None,
         losses: Tensor,
@@ -82,8 +103,9 @@ class StepContext:
         iteration: int,
     ) -> None:
         self._stepper = stepper
-        self.x = x
-        self.y = y
+        self.batch = batch
+        self.x = batch.x
+        self.y = batch.y
         self.losses = losses
         self.epoch = epoch
         self.iteration = iteration
@@ -134,18 +156,19 @@ class StepContext:
         return self._stepper.encoder_vjp(self._z, rows, self._stepper.last_shared, buffer=False)
 
     # ----------------------------------------------------------------- data and model
-    def held_out_batch(self) -> tuple[Tensor, Tensor]:
-        """A batch (x, y) of the held-out slice of the training split, on the model's device."""
+    def held_out_batch(self) -> Batch:
+        """A batch of the held-out slice of the training split, on the model's device."""
         return self._stepper.held_out_batch()
 
-    def forward_losses(self, x: Tensor, y: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
-        """Task losses [T] of the model on (x, y), with ``params`` (name -> tensor) replacing its own if given."""
+    def forward_losses(self, batch: Batch, params: dict[str, Tensor] | None = None) -> Tensor:
+        """Task losses [T] of the model on ``batch``, with ``params`` (name -> tensor) replacing its own if given."""
         predictor = self._stepper.predictor
         if params is None:
-            outputs = predictor(x)
+            outputs = predictor(batch.x, batch.rows)
         else:
-            outputs = torch.func.functional_call(predictor, {f"model.{k}": v for k, v in params.items()}, (x,))
-        return self._stepper.loss_fn(outputs, y)
+            replaced = {f"model.{k}": v for k, v in params.items()}
+            outputs = torch.func.functional_call(predictor, replaced, (batch.x, batch.rows))
+        return self._stepper.loss_fn(outputs, batch.y)
 
 
 class Stepper:
@@ -163,7 +186,7 @@ class Stepper:
         loss_fn: LossFn,
         loss_weighting: LossWeighting | None,
         aggregator: GradientAggregator | None,
-        held_out: Callable[[], tuple[Tensor, Tensor]] | None = None,
+        held_out: Callable[[], Batch] | None = None,
     ) -> None:
         if loss_weighting is None and aggregator is None:
             raise ValueError("a step needs a loss weighting, a gradient aggregator or both")
@@ -210,7 +233,7 @@ class Stepper:
     def methods(self) -> list[Method]:
         return [m for m in (self.loss_weighting, self.aggregator) if m is not None]
 
-    def held_out_batch(self) -> tuple[Tensor, Tensor]:
+    def held_out_batch(self) -> Batch:
         if self._held_out is None:
             raise RuntimeError("this run has no held-out slice (no method declared Need.HELD_OUT)")
         return self._held_out()
@@ -249,18 +272,23 @@ class Stepper:
                     p.grad.mul_(factors[t])
 
     # ----------------------------------------------------------------- the step
-    def step(self, x: Tensor, y: Tensor, epoch: int = 1, iteration: int = 0) -> StepResult:
-        """Set every parameter's ``.grad`` (model and methods) for batch (x, y); report what happened."""
-        z = self.model.encode(x)
+    def step(self, x: Tensor, y: Any, epoch: int = 1, iteration: int = 0, rows: Rows = None) -> StepResult:
+        """Set every parameter's ``.grad`` (model and methods) for batch (x, y); report what happened.
+
+        ``rows`` (multi-input): task t's loss reads rows ``rows[t]`` of ``x`` only.
+        """
+        z = encode(self.model, x, rows)
         if self.plain:
             z_heads = None
-            outputs = self.model.decode(z)
+            outputs = (
+                self.model.decode(z) if rows is None else self.model.decode_each(task_inputs([z] * self.n_tasks, rows))
+            )
         else:
             z_heads = [z.detach().requires_grad_(True) for _ in range(self.n_tasks)]
             inputs = self.aggregator.head_inputs(z_heads) if self.aggregator is not None else None
-            outputs = self.model.decode_each(list(inputs if inputs is not None else z_heads))
+            outputs = self.model.decode_each(task_inputs(inputs if inputs is not None else z_heads, rows))
         losses = self.loss_fn(outputs, y)
-        ctx = StepContext(self, x, y, z, z_heads, losses, epoch, iteration)
+        ctx = StepContext(self, Batch(x, y, rows), z, z_heads, losses, epoch, iteration)
         method_losses: list[Tensor] = []
 
         # loss stage
@@ -354,13 +382,15 @@ class Predictor(nn.Module):
         self.model = model
         self.aggregator = aggregator
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        z = self.model.encode(x)
+    def forward(self, x: Tensor, rows: Rows = None) -> list[Tensor]:
+        """Every head's output; with ``rows`` (multi-input), head t's output for task t's rows only."""
+        z = encode(self.model, x, rows)
+        inputs = None
         if self.aggregator is not None:
             inputs = self.aggregator.head_inputs([z] * self.aggregator.n_tasks)
-            if inputs is not None:
-                return self.model.decode_each(list(inputs))
-        return self.model.decode(z)
+        if inputs is None and rows is None:
+            return self.model.decode(z)
+        return self.model.decode_each(task_inputs(inputs if inputs is not None else [z] * len(rows), rows))
 
 
 def _slice_of(shared: Sequence[nn.Parameter], part: Sequence[nn.Parameter]) -> slice:

@@ -16,6 +16,7 @@ a run exactly when its spec or the code it runs changes.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from mtlrepro.archs import arch_class
 from mtlrepro.data import dataset_module, resolve_options
 from mtlrepro.data.noise import check_noise
 from mtlrepro.errors import ConfigError
+from mtlrepro.models import encoder_class
 from mtlrepro.options import build_options
 from mtlrepro.run import MethodRef, RunSpec, code_files, resolve_training
 from mtlrepro.weighting import Component, MethodSpec, parse_method
@@ -160,10 +162,16 @@ def check_outputs(study: Mapping[str, Any], where: str) -> tuple[Mapping[str, An
 
 
 def dataset_sources(dataset: str) -> list[str]:
-    """Code files a dataset's cache depends on: its module and the cache writer."""
-    from mtlrepro import data
+    """Code files a dataset's cache depends on: its module, the dataset modules it uses, and the cache writer."""
+    from mtlrepro import data, tasks
 
-    return sorted({inspect.getfile(dataset_module(dataset)), inspect.getfile(data), inspect.getfile(seeding)})
+    module = dataset_module(dataset)
+    files = {inspect.getfile(module), inspect.getfile(data), inspect.getfile(seeding), inspect.getfile(tasks)}
+    for value in vars(module).values():
+        owner = value if inspect.ismodule(value) else sys.modules.get(getattr(value, "__module__", None) or "")
+        if owner is not None and owner.__name__.startswith("mtlrepro.data.") and hasattr(owner, "__file__"):
+            files.add(inspect.getfile(owner))
+    return sorted(files)
 
 
 def data_file(dataset: str) -> str:
@@ -201,6 +209,13 @@ def expand(config: Mapping[str, Any]) -> dict[str, Study]:
             module = dataset_module(dataset)
         except ConfigError as err:
             raise ConfigError(f"{where}.dataset: {err}") from None
+        try:
+            encoder_class(module.ENCODER)
+        except ConfigError as err:
+            raise ConfigError(
+                f"{where}.dataset: {dataset} trains the papers' {module.ENCODER!r} encoder, which this version "
+                f"does not provide yet ({err})"
+            ) from None
         archs = tuple(study.get("archs") or [study.get("arch", "hps")])
         for i, arch in enumerate(archs):
             try:

@@ -18,28 +18,28 @@ on stderr, removed, and the run starts from scratch.
 from __future__ import annotations
 
 import importlib.metadata
+import itertools
 import platform
 import resource
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from mtlrepro.archs import build_model
 from mtlrepro.checkpoint import Checkpoints, describe_error, discard_checkpoint, read_checkpoint, run_directory
-from mtlrepro.data import MTLData, Split, Task, dataset_module, load
-from mtlrepro.data.noise import corrupt_labels
+from mtlrepro.data import MTLData, Split, as_input, dataset_module, load
+from mtlrepro.data.noise import corrupt_targets
 from mtlrepro.errors import ConfigError, TrainingError
 from mtlrepro.interrupt import StopRequest
 from mtlrepro.io import digest, save_torch_atomic, write_json_atomic
-from mtlrepro.metrics import HIGHER, correct_count
+from mtlrepro.metrics import delta_p
 from mtlrepro.run import (
     CHECKPOINT_FILE,
     METRICS_FILE,
@@ -51,8 +51,9 @@ from mtlrepro.run import (
 )
 from mtlrepro.seeding import derive_seed
 from mtlrepro.step import Stepper, StepResult
+from mtlrepro.tasks import Task
 from mtlrepro.weighting import build_stage
-from mtlrepro.weighting.base import GRADIENT, LOSS, Method, Need
+from mtlrepro.weighting.base import GRADIENT, LOSS, Batch, Method, Need
 
 
 def pick_device(requested: str) -> torch.device:
@@ -67,19 +68,26 @@ def pick_device(requested: str) -> torch.device:
 # --------------------------------------------------------------------------- data
 
 
-def _as_float(x: Tensor) -> Tensor:
-    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+@dataclass
+class Part:
+    """The examples of one training split a run uses: rows ``index`` of ``split``, read with targets ``y``.
 
+    ``y`` holds the split's targets, after label noise when the run asks for
+    it (the split's own tensors otherwise). Nothing is copied: a batch gathers
+    its rows from the (memory-mapped) cache.
+    """
 
-def batches(
-    split: Split, batch_size: int, order: Tensor | None = None, first: int = 0
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (x, y) minibatches of ``split`` in ``order`` (default: as stored), from the batch numbered ``first``."""
-    n = len(split)
-    index = torch.arange(n) if order is None else order
-    for start in range(first * batch_size, n, batch_size):
-        take = index[start : start + batch_size]
-        yield split.x[take], split.y[take]
+    split: Split
+    y: tuple[Tensor, ...]
+    index: Tensor
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    def take(self, rows: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Inputs and targets of the part's examples at positions ``rows``."""
+        pick = self.index[rows]
+        return self.split.x[pick], tuple(target[pick] for target in self.y)
 
 
 def held_out_slice(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -95,74 +103,165 @@ def held_out_slice(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
 
 @dataclass
 class RunData:
-    """The splits one run trains and evaluates on, after label noise and the held-out slice."""
+    """What one run trains and evaluates on: the dataset, and its training parts after noise and held-out slice.
+
+    ``train`` (and ``held_out``) hold one :class:`Part` for a single-input
+    dataset, one per task for a multi-input one.
+    """
 
     data: MTLData
-    train: Split
-    held_out: Split | None
+    train: tuple[Part, ...]
+    held_out: tuple[Part, ...] | None
     noise: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_train(self) -> int:
+        """Training examples used (all tasks' for a multi-input dataset)."""
+        return sum(len(part) for part in self.train)
 
 
 def prepare_run_data(spec: RunSpec, data_path: str | Path, held_out: tuple[float, str] | None) -> RunData:
-    """Load the cache, corrupt the training labels (train split only), and carve the held-out slice.
+    """Load the cache, corrupt the training targets (train split only), and carve the held-out slice.
 
-    ``held_out`` is (fraction, ``clean``/``noisy``) when a method needs one: its
-    examples leave the training set and keep their clean or noisy labels.
+    The corruption follows the noise seed alone (never the run seed), so every
+    method and seed of a study sees the same noisy targets. ``held_out`` is
+    (fraction, ``clean``/``noisy``) when a method needs one: its examples leave
+    the training set and keep their clean or noisy targets.
     """
     data = load(spec.dataset, data_path, options=spec.data_options)
-    train = data.splits["train"]
-    clean_y, noise_record = train.y, {}
-    if any(rate > 0 for rate in spec.noise.values()):
-        noisy_y, noise_record = corrupt_labels(train.y, data.tasks, spec.noise, seed=spec.training.noise_seed)
-        train = Split(x=train.x, y=noisy_y, source=train.source)
-    held = None
-    if held_out is not None:
+    splits = data.splits["train"]
+    splits = splits if isinstance(splits, tuple) else (splits,)
+    task_groups = [(task,) for task in data.tasks] if data.multi_input else [data.tasks]
+    noisy: list[tuple[Tensor, ...]] = []
+    record: dict[str, Any] = {}
+    for split, tasks in zip(splits, task_groups, strict=True):
+        rates = {t.name: spec.noise[t.name] for t in tasks if spec.noise.get(t.name, 0) > 0}
+        if rates:
+            y, found = corrupt_targets(split.y, tasks, rates, seed=spec.training.noise_seed)
+            noisy.append(y)
+            record |= found
+        else:
+            noisy.append(split.y)
+    train, held = [], []
+    for i, (split, y) in enumerate(zip(splits, noisy, strict=True)):
+        everything = torch.arange(len(split))
+        if held_out is None:
+            train.append(Part(split, y, everything))
+            continue
         fraction, labels = held_out
-        keep, hold = held_out_slice(len(train), fraction, spec.seed)
-        y_held = (clean_y if labels == "clean" else train.y)[hold]
-        held = Split(x=train.x[hold], y=y_held, source=None if train.source is None else train.source[hold])
-        train = Split(x=train.x[keep], y=train.y[keep], source=None if train.source is None else train.source[keep])
-    return RunData(data=data, train=train, held_out=held, noise=noise_record)
+        seed = spec.seed if len(splits) == 1 else derive_seed(spec.seed, data.tasks[i].name)
+        keep, hold = held_out_slice(len(split), fraction, seed)
+        train.append(Part(split, y, keep))
+        held.append(Part(split, split.y if labels == "clean" else y, hold))
+    return RunData(data=data, train=tuple(train), held_out=tuple(held) if held else None, noise=record)
+
+
+class EpochBatches:
+    """The seeded batches of one epoch, numbered 0, 1, ... ; batch ``k`` is a pure function of (seed, epoch, k).
+
+    Single-input: one pass over a seeded permutation of the part. Multi-input
+    (one part per task): every step draws one batch of every task; the epoch
+    has as many steps as the longest task has batches, and a shorter task
+    starts a fresh seeded permutation each time it runs out (its ``c``-th
+    cycle in epoch ``e`` is seeded by ``(seed, e, task, c)``). Nothing but the
+    step number is needed to resume mid-epoch.
+    """
+
+    def __init__(self, parts: Sequence[Part], tasks: Sequence[Task], batch_size: int, seed: int, epoch: int) -> None:
+        self.parts, self.tasks, self.batch_size, self.seed, self.epoch = parts, tasks, batch_size, seed, epoch
+        self.per_part = [-(-len(part) // batch_size) for part in parts]
+        self._orders: dict[int, tuple[int, Tensor]] = {}  # part -> (cycle, its permutation)
+
+    def __len__(self) -> int:
+        return max(self.per_part)
+
+    def _order(self, i: int, cycle: int) -> Tensor:
+        held = self._orders.get(i)
+        if held is None or held[0] != cycle:
+            purpose = f"shuffle{self.epoch}"
+            if len(self.parts) > 1:
+                purpose += f"/{self.tasks[i].name}/{cycle}"
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, purpose))
+            self._orders[i] = (cycle, torch.randperm(len(self.parts[i]), generator=generator))
+        return self._orders[i][1]
+
+    def __getitem__(self, k: int) -> Batch:
+        """Batch ``k`` (CPU, stored dtypes): inputs stacked over tasks, the targets, and each task's rows."""
+        xs, ys = [], []
+        for i, part in enumerate(self.parts):
+            cycle, j = divmod(k, self.per_part[i])
+            rows = self._order(i, cycle)[j * self.batch_size : (j + 1) * self.batch_size]
+            x, y = part.take(rows)
+            xs.append(x)
+            ys.extend(y)
+        return stack_tasks(xs, ys)
+
+
+def stack_tasks(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Batch:
+    """One batch from the inputs of one part (single-input) or of one part per task, stacked, with their rows."""
+    if len(xs) == 1:
+        return Batch(xs[0], tuple(ys))
+    bounds = list(itertools.accumulate((len(x) for x in xs), initial=0))
+    return Batch(torch.cat(xs), tuple(ys), tuple(slice(a, b) for a, b in itertools.pairwise(bounds)))
+
+
+def to_device(batch: Batch, tasks: Sequence[Task], device: torch.device) -> Batch:
+    """A stored batch as the model reads it, on ``device``: inputs via :func:`as_input`, targets via the tasks."""
+    x = as_input(batch.x.to(device, non_blocking=True))
+    y = tuple(task.target(t.to(device, non_blocking=True)) for task, t in zip(tasks, batch.y, strict=True))
+    return Batch(x, y, batch.rows)
 
 
 # --------------------------------------------------------------------------- losses and metrics
 
 
-def task_losses(outputs: Sequence[Tensor], y: Tensor, tasks: Sequence[Task]) -> Tensor:
-    """The vector of task losses [T] of one batch (cross-entropy per classification task)."""
-    losses = []
-    for t, (out, task) in enumerate(zip(outputs, tasks, strict=True)):
-        if task.loss != "cross_entropy":
-            raise ConfigError(f"task {task.name}: loss {task.loss!r} is not supported")
-        losses.append(F.cross_entropy(out, y[:, t]))
-    return torch.stack(losses)
+def task_losses(outputs: Sequence[Tensor], y: Sequence[Tensor], tasks: Sequence[Task]) -> Tensor:
+    """The vector of task losses [T] of one batch: each task's own loss on its head's output and its targets."""
+    return torch.stack([task.loss(out, target) for out, target, task in zip(outputs, y, tasks, strict=True)])
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, tasks: Sequence[Task], device: torch.device, batch_size: int) -> dict:
-    """Metrics of every task on ``split``: task -> metric -> value (accuracy in %).
+def evaluate(model: nn.Module, data: MTLData, split: str, device: torch.device, batch_size: int) -> dict:
+    """Metrics of every task on ``split`` over the whole set: task -> metric -> value.
 
     ``model`` maps inputs to the list of head outputs (the step's
-    :class:`~mtlrepro.step.Predictor`, so transformed head inputs are evaluated as trained).
+    :class:`~mtlrepro.step.Predictor`, so transformed head inputs are evaluated
+    as trained). Each task's accumulator sums over every batch of the split
+    (:mod:`mtlrepro.accumulators`); a multi-input task is scored on its own inputs.
     """
     model.eval()
-    correct = torch.zeros(len(tasks), dtype=torch.long)
-    for x, y in batches(split, batch_size):
-        outputs = model(_as_float(x.to(device)))
-        for t, out in enumerate(outputs):
-            correct[t] += correct_count(out.cpu(), y[:, t])
+    tasks = data.tasks
+    found = {}
+    groups = [[t] for t in range(len(tasks))] if data.multi_input else [list(range(len(tasks)))]
+    for group in groups:
+        x, _ = data.task_split(split, group[0])
+        targets = [data.task_split(split, t)[1] for t in group]
+        accumulators = {t: tasks[t].accumulator() for t in group}
+        for start in range(0, len(x), batch_size):
+            outputs = model(as_input(x[start : start + batch_size].to(device)))
+            for t, target in zip(group, targets, strict=True):
+                accumulators[t].update(outputs[t], tasks[t].target(target[start : start + batch_size].to(device)))
+        found |= {tasks[t].name: accumulators[t].compute() for t in group}
     model.train()
-    return {task.name: {"acc": 100.0 * float(correct[t]) / len(split)} for t, task in enumerate(tasks)}
+    return {task.name: found[task.name] for task in tasks}
 
 
-def selection_score(metrics: Mapping[str, Mapping[str, float]], tasks: Sequence[Task]) -> float:
-    """Mean over tasks of each task's first metric, negated when lower is better."""
-    scores = []
+def selection_score(
+    metrics: Mapping[str, Mapping[str, float]], base: Mapping[str, Mapping[str, float]], tasks: Sequence[Task]
+) -> float:
+    """Delta_p of validation ``metrics`` against ``base`` (the first epoch's), over every metric of every task.
+
+    RW's Delta_p (:func:`~mtlrepro.metrics.delta_p`), as LibMTL selects epochs
+    against its first evaluation, but on the validation split: scale-free, so
+    a segmentation mIoU in percent and a depth error in metres count alike.
+    Metrics whose base is 0 are left out (their relative change is undefined).
+    """
+    directions = {}
     for task in tasks:
-        name, direction = next(iter(task.metrics.items()))
-        value = metrics[task.name][name]
-        scores.append(value if direction == HIGHER else -value)
-    return sum(scores) / len(scores)
+        usable = {k: d for k, d in task.metrics.items() if base[task.name][k] != 0}
+        if usable:
+            directions[task.name] = usable
+    return delta_p(metrics, base, directions) if directions else 0.0
 
 
 # --------------------------------------------------------------------------- assembly
@@ -208,14 +307,26 @@ def make_optimizer(model: nn.Module, methods: Sequence[Method], options: Trainin
 
 
 class HeldOutSampler:
-    """Random batches of the held-out slice, from a generator whose state the checkpoint keeps."""
+    """Random batches of the held-out slice (one per task, multi-input), from a generator the checkpoint keeps."""
 
-    def __init__(self, split: Split, batch_size: int, generator: torch.Generator, device: torch.device) -> None:
-        self.split, self.batch_size, self.generator, self.device = split, batch_size, generator, device
+    def __init__(
+        self,
+        parts: Sequence[Part],
+        tasks: Sequence[Task],
+        batch_size: int,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> None:
+        self.parts, self.tasks, self.batch_size = parts, tasks, batch_size
+        self.generator, self.device = generator, device
 
-    def __call__(self) -> tuple[Tensor, Tensor]:
-        take = torch.randperm(len(self.split), generator=self.generator)[: self.batch_size]
-        return _as_float(self.split.x[take].to(self.device)), self.split.y[take].to(self.device)
+    def __call__(self) -> Batch:
+        xs, ys = [], []
+        for part in self.parts:
+            x, y = part.take(torch.randperm(len(part), generator=self.generator)[: self.batch_size])
+            xs.append(x)
+            ys.extend(y)
+        return to_device(stack_tasks(xs, ys), self.tasks, self.device)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -376,37 +487,44 @@ def build_session(spec: RunSpec, run_data: RunData, methods: list[Method], devic
     """Model (seeded), step, methods set up on the device, optimizer with the methods' own parameter groups."""
     tasks, options = run_data.data.tasks, spec.training
     torch.manual_seed(derive_seed(spec.seed, "init"))
-    encoder = dataset_module(spec.dataset).ENCODER
-    sample = _as_float(run_data.train.x[:1]).to(device)
-    model = build_model(spec.arch, encoder, tuple(sample.shape[1:]), [t.n_classes for t in tasks]).to(device)
+    module = dataset_module(spec.dataset)
+    first = run_data.train[0]
+    sample = as_input(first.split.x[first.index[:1]]).to(device)
+    encoder_options = getattr(module, "ENCODER_OPTIONS", None)
+    model = build_model(spec.arch, module.ENCODER, tuple(sample.shape[1:]), tasks, encoder_options).to(device)
     held_out = None
     if run_data.held_out is not None:
         generator = _generator(spec.seed, "held_out_batches", torch.device("cpu"))
-        held_out = HeldOutSampler(run_data.held_out, options.batch_size, generator, device)
+        held_out = HeldOutSampler(run_data.held_out, tasks, options.batch_size, generator, device)
     loss_weighting, aggregator = (next((m for m in methods if m.kind == kind), None) for kind in (LOSS, GRADIENT))
     stepper = Stepper(model, len(tasks), partial(task_losses, tasks=tasks), loss_weighting, aggregator, held_out)
-    steps = -(-len(run_data.train) // options.batch_size)
+    steps = len(EpochBatches(run_data.train, tasks, options.batch_size, spec.seed, 1))
     stepper.setup(sample, steps, options.epochs, [t.name for t in tasks])
     return Session(model, make_optimizer(model, methods, options), methods, stepper, held_out, device)
 
 
 def train_epoch(
     session: Session,
-    split: Split,
+    run_data: RunData,
     spec: RunSpec,
     current: EpochInProgress,
     device: torch.device,
     bar: tqdm,
     after_step: Callable[[], None] | None = None,
 ) -> EpochSums:
-    """The rest of one pass over the (shuffled, seeded) training split: the batches after the ``current.sums.steps``
-    already done. ``after_step`` runs after every optimizer step. Returns the epoch's device-side sums."""
-    epoch, sums = current.epoch, current.sums
-    order = torch.randperm(len(split), generator=_generator(spec.seed, f"shuffle{epoch}", torch.device("cpu")))
-    for x, y in batches(split, spec.training.batch_size, order, first=sums.steps):
-        x, y = _as_float(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+    """The rest of one epoch of seeded batches (:class:`EpochBatches`): those after the ``current.sums.steps``
+    already done, each augmented when the dataset says how (seeded per step). ``after_step`` runs after every
+    optimizer step. Returns the epoch's device-side sums."""
+    epoch, sums, tasks = current.epoch, current.sums, run_data.data.tasks
+    epoch_batches = EpochBatches(run_data.train, tasks, spec.training.batch_size, spec.seed, epoch)
+    augment = getattr(dataset_module(spec.dataset), "augment", None) if spec.training.augment else None
+    for k in range(sums.steps, len(epoch_batches)):
+        x, y, rows = to_device(epoch_batches[k], tasks, device)
+        if augment is not None:
+            x, y = augment(x, y, _generator(spec.seed, f"augment{epoch}/{k}", device))
         session.optimizer.zero_grad(set_to_none=True)
-        sums.add(session.stepper.step(x, y, epoch=epoch, iteration=session.clock["iterations"] + sums.steps))
+        iteration = session.clock["iterations"] + sums.steps
+        sums.add(session.stepper.step(x, y, epoch=epoch, iteration=iteration, rows=rows))
         session.optimizer.step()
         bar.update()
         if after_step is not None:
@@ -447,8 +565,8 @@ def epoch_record(
         "loss_weights": _by_task(sums.mean("loss_weights"), tasks),
         "grad_weights": _by_task(sums.mean("grad_weights"), tasks),
         "diagnostics": {key: _by_task(sums.mean(key), tasks) for key in sums.sums if key not in scalars},
-        "val": evaluate(session.stepper.predictor, run_data.data.splits["val"], tasks, device, batch),
-        "test": evaluate(session.stepper.predictor, run_data.data.splits["test"], tasks, device, batch),
+        "val": evaluate(session.stepper.predictor, run_data.data, "val", device, batch),
+        "test": evaluate(session.stepper.predictor, run_data.data, "test", device, batch),
     }
 
 
@@ -493,13 +611,15 @@ def train(
         resumed = (len(session.history), 0 if unfinished is None else unfinished.sums.steps)
 
         # loop: train an epoch (checkpointing within it when due or asked to stop), evaluate, checkpoint
-        with progress_bar(spec, len(run_data.train), resumed, progress) as bar:
+        n_batches = len(EpochBatches(run_data.train, run_data.data.tasks, spec.training.batch_size, spec.seed, 1))
+        with progress_bar(spec, n_batches, resumed, progress) as bar:
             for epoch in range(resumed[0] + 1, spec.training.epochs + 1):
                 current, unfinished = unfinished or EpochInProgress.start(epoch), None
                 after_step = partial(checkpoints.after_step, session, current)
-                train_epoch(session, run_data.train, spec, current, dev, bar, after_step)
+                train_epoch(session, run_data, spec, current, dev, bar, after_step)
                 record = finish_epoch(session, current, run_data, spec, dev)
-                bar.set_postfix(epoch=epoch, val=f"{selection_score(record['val'], run_data.data.tasks):.2f}")
+                score = selection_score(record["val"], session.history[0]["val"], run_data.data.tasks)
+                bar.set_postfix(epoch=epoch, val_delta_p=f"{score:+.2f}")
 
                 checkpoints.save(session)
                 if on_checkpoint is not None:
@@ -521,9 +641,8 @@ def train(
     return result
 
 
-def progress_bar(spec: RunSpec, n_train: int, resumed: tuple[int, int], enabled: bool) -> tqdm:
-    """A bar over every step of the run, starting at the (epochs, steps) ``resumed`` from a checkpoint."""
-    n_batches = -(-n_train // spec.training.batch_size)
+def progress_bar(spec: RunSpec, n_batches: int, resumed: tuple[int, int], enabled: bool) -> tqdm:
+    """A bar over every step of the run (``n_batches`` per epoch), from the (epochs, steps) ``resumed``."""
     return tqdm(
         total=spec.training.epochs * n_batches,
         initial=resumed[0] * n_batches + resumed[1],
@@ -577,7 +696,8 @@ def select_epoch(history: Sequence[Mapping[str, Any]], tasks: Sequence[Task], ru
     """The reported epoch: the last, or the best on the validation split (earliest on ties); never the test split."""
     if rule == "last":
         return history[-1]
-    return max(history, key=lambda r: (selection_score(r["val"], tasks), -r["epoch"]))
+    base = history[0]["val"]
+    return max(history, key=lambda r: (selection_score(r["val"], base, tasks), -r["epoch"]))
 
 
 def run_record(
@@ -595,9 +715,13 @@ def run_record(
     data, tasks = run_data.data, run_data.data.tasks
     rule = spec.training.selection
     chosen = select_epoch(history, tasks, rule)
-    sizes = {name: len(split) for name, split in data.splits.items()} | {"train_used": len(run_data.train)}
+    sizes: dict[str, Any] = {}
+    for name, part in data.splits.items():
+        multi = isinstance(part, tuple)
+        sizes[name] = {t.name: len(p) for t, p in zip(tasks, part, strict=True)} if multi else len(part)
+    sizes["train_used"] = run_data.n_train
     if run_data.held_out is not None:
-        sizes["held_out"] = len(run_data.held_out)
+        sizes["held_out"] = sum(len(part) for part in run_data.held_out)
     return {
         "format": RUN_FORMAT,
         "run": {
@@ -623,7 +747,11 @@ def run_record(
         "epochs": history,
         "selection": {
             "rule": rule,
-            "description": "highest mean validation score over tasks" if rule == "best_val" else "last epoch",
+            "description": (
+                "highest Delta_p of the validation metrics against the first epoch's"
+                if rule == "best_val"
+                else "last epoch"
+            ),
             "epoch": chosen["epoch"],
         },
         "final": {"val": chosen["val"], "test": chosen["test"]},

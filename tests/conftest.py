@@ -22,7 +22,14 @@ from fixtures.server import Server, local_server, no_proxy
 REPO = Path(__file__).resolve().parents[1]
 SMALL_DATA = {"n_train": 512, "n_val": 256, "n_test": 256}
 SMALL_TRAINING = {"epochs": 2, "batch_size": 128, "lr": 0.05}
-TASKS = (Task("A", 10), Task("B", 10), Task("C", 10))
+TASKS = (Task("A", n_classes=10), Task("B", n_classes=10), Task("C", n_classes=10))
+
+
+def digit_tasks(n: int) -> list[Task]:
+    """``n`` ten-class classification tasks t0, t1, ... (heads of the test models)."""
+    return [Task(f"t{i}", n_classes=10) for i in range(n)]
+
+
 #: what a workflow needs of the checkout
 WORKFLOW_FILES = ("Snakefile", "workflow", "mtlrepro", "envs", "config", "reference", "profiles")
 
@@ -107,7 +114,7 @@ def make_stepper(model, tasks, expression: str, entries=None, seeds=(11, 12), he
 def tiny_model(n_tasks: int = len(TASKS)):
     """The HPS LeNet on 1 x 36 x 36 inputs with ``n_tasks`` 10-class heads, in float64, from seed 0."""
     torch.manual_seed(0)
-    return build_model("hps", "lenet", (1, 36, 36), [10] * n_tasks).double()
+    return build_model("hps", "lenet", (1, 36, 36), digit_tasks(n_tasks)).double()
 
 
 def batch(seed: int | None = 0, size: int = 8, n_tasks: int = len(TASKS)) -> tuple[torch.Tensor, torch.Tensor]:

@@ -105,12 +105,12 @@ def saved(obj: object, path: Path) -> bytes:
 
 
 def tampered_tensor(payload: dict) -> None:
-    payload["splits"]["test"]["y"][0, 0] = (payload["splits"]["test"]["y"][0, 0] + 1) % 10
+    payload["splits"]["test"]["y"][0][0] = (payload["splits"]["test"]["y"][0][0] + 1) % 10
 
 
 DAMAGE = {
     "truncated": (lambda data, path: data[: len(data) // 2], "is damaged (torch cannot read it"),
-    "empty": (lambda data, path: b"", "is damaged (torch cannot read it: EOFError)"),
+    "empty": (lambda data, path: b"", "is damaged (torch cannot read it"),
     "garbage": (lambda data, path: b"\x00garbage\xff" * 1000, "is damaged (torch cannot read it"),
     "plain pickle": (lambda data, path: pickle.dumps({"format": CACHE_FORMAT}), "is damaged (torch cannot read it"),
     "bit rot in a tensor": (flipped, "is damaged (its tensors do not match their sha256)"),
@@ -125,7 +125,7 @@ DAMAGE = {
     "foreign torch file": (lambda data, path: saved({"model": torch.ones(2)}, path), "not an mtlrepro data cache"),
     "older format": (
         resaved(lambda p: p.update(format="mtlrepro.data/1")),
-        "has format 'mtlrepro.data/1' of another mtlrepro version (this one reads 'mtlrepro.data/2')",
+        f"has format 'mtlrepro.data/1' of another mtlrepro version (this one reads {CACHE_FORMAT!r})",
     ),
     "another dataset": (resaved(lambda p: p.update(name="multi_fashion")), "holds dataset 'multi_fashion'"),
 }

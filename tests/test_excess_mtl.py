@@ -36,7 +36,7 @@ from mtlrepro.weighting import parse_method
 from mtlrepro.weighting.base import SetupInfo
 from mtlrepro.weighting.excess_mtl import ExcessMTL, excess_risk, exponentiated_update
 
-from conftest import TASKS, make_stepper
+from conftest import TASKS, digit_tasks, make_stepper
 
 RTOL, ATOL = 1e-5, 1e-9
 """Comparisons with torchjd: float64 inputs; the only numerical difference is torchjd's +1e-7 on E0, a relative
@@ -223,7 +223,7 @@ def test_state_round_trip_continues_identically(warmup):
 
 def lenet_and_batches(n_tasks: int = 3, n_batches: int = 4):
     torch.manual_seed(0)
-    model = build_model("hps", "lenet", (1, 36, 36), [10] * n_tasks).double()
+    model = build_model("hps", "lenet", (1, 36, 36), digit_tasks(n_tasks)).double()
     g = torch.Generator().manual_seed(1)
     batches = [
         (torch.rand(8, 1, 36, 36, generator=g, dtype=torch.float64), torch.randint(10, (8, n_tasks), generator=g))
@@ -314,8 +314,8 @@ def train_clean_and_noisy(warmup: str, seed: int, steps: int = 120) -> tuple[tor
     marginal = torch.tensor([0.4] + [0.6 / 9] * 9)
     noisy = torch.multinomial(marginal, n, replacement=True, generator=g)
     y = torch.stack([clean, noisy], 1)
-    model = HPS(MLPEncoder(d, 32, 16), 16, [10, 10])
-    tasks = (Task("clean", 10), Task("noisy", 10))
+    model = HPS(MLPEncoder(d, 32, 16), [nn.Linear(16, 10), nn.Linear(16, 10)])
+    tasks = (Task("clean", n_classes=10), Task("noisy", n_classes=10))
     stepper = make_stepper(model, tasks, "excess_mtl", {"excess_mtl": {"warmup": warmup}})
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     history = []

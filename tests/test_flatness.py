@@ -19,14 +19,14 @@ from mtlrepro.analysis.flatness import (
     LOSS_DESCRIPTION,
     _trained_labels,
     analyse_run,
-    cross_entropy_losses,
     gradient_variance,
+    task_losses,
     top_hessian_eigenvalue,
     training_batches,
 )
 from mtlrepro.archs import build_model
 from mtlrepro.data import Split, Task, dataset_module, load
-from mtlrepro.data.noise import corrupt_labels
+from mtlrepro.data.noise import corrupt_targets
 from mtlrepro.errors import ConfigError, DataError
 from mtlrepro.run import CHECKPOINT_FILE, METRICS_FILE, SELECTED_FILE
 from mtlrepro.train import train
@@ -183,32 +183,32 @@ def test_gradient_variance_is_zero_for_identical_batches_and_needs_two():
 
 def test_training_batches_are_a_seeded_disjoint_subset_scaled_to_float():
     x = torch.arange(40, dtype=torch.uint8).reshape(40, 1).expand(40, 4).contiguous()
-    split = Split(x=x, y=torch.arange(40).reshape(40, 1))
+    split = Split(x=x, y=(torch.arange(40),))
     batches = training_batches(split, n_batches=3, batch_size=5, seed=1)
     assert [len(b[0]) for b in batches] == [5, 5, 5]
-    ids = torch.cat([b[1][:, 0] for b in batches])
+    ids = torch.cat([b[1][0] for b in batches])
     assert len(set(ids.tolist())) == 15  # without replacement
     for bx, by in batches:
         assert bx.dtype == torch.float32
-        torch.testing.assert_close(bx[:, 0], by[:, 0].float() / 255.0)  # inputs stay with their labels
+        torch.testing.assert_close(bx[:, 0], by[0].float() / 255.0)  # inputs stay with their labels
     again = training_batches(split, n_batches=3, batch_size=5, seed=1)
-    assert all(torch.equal(a[1], b[1]) for a, b in zip(batches, again, strict=True))
+    assert all(torch.equal(a[1][0], b[1][0]) for a, b in zip(batches, again, strict=True))
     other = training_batches(split, n_batches=3, batch_size=5, seed=2)
-    assert not torch.equal(torch.cat([b[1] for b in other]), ids.reshape(-1, 1))
+    assert not torch.equal(torch.cat([b[1][0] for b in other]), ids)
     with pytest.raises(ConfigError, match="need 45 training examples, the training split has 40"):
         training_batches(split, n_batches=9, batch_size=5, seed=1)
     with pytest.raises(ConfigError, match="n_batches >= 2"):
         training_batches(split, n_batches=1, batch_size=5, seed=1)
 
 
-def test_cross_entropy_losses_is_per_task_and_rejects_other_losses():
-    loss_fn = cross_entropy_losses([Task("A", 3), Task("B", 2)])
-    outputs = [torch.randn(4, 3), torch.randn(4, 2)]
-    y = torch.tensor([[0, 1], [2, 0], [1, 1], [0, 0]])
-    expected = torch.stack([F.cross_entropy(outputs[0], y[:, 0]), F.cross_entropy(outputs[1], y[:, 1])])
+def test_task_losses_are_each_tasks_own_loss_on_its_targets():
+    loss_fn = task_losses([Task("A", n_classes=3), Task("depth", "depth")])
+    outputs = [torch.randn(4, 3), torch.rand(4, 1, 2, 2)]
+    y = (torch.tensor([0, 2, 1, 0], dtype=torch.int16), torch.rand(4, 1, 2, 2))
+    expected = torch.stack([F.cross_entropy(outputs[0], y[0].long()), (outputs[1] - y[1]).abs().mean()])
     torch.testing.assert_close(loss_fn(outputs, y), expected)
-    with pytest.raises(ConfigError, match="task depth: loss 'l1'"):
-        cross_entropy_losses([Task("A", 3), Task("depth", 0, loss="l1")])
+    with pytest.raises(ValueError, match="expected 2 head outputs, got 1"):
+        loss_fn(outputs[:1], y)
 
 
 # --------------------------------------------------------------------------- one run, end to end
@@ -231,7 +231,7 @@ def rebuilt_model(run_dir: Path, data_path: Path) -> tuple[nn.Module, Split]:
         record["spec"]["arch"],
         dataset_module("multi_digits").ENCODER,
         tuple(data.splits["train"].x.shape[1:]),
-        [t.n_classes for t in data.tasks],
+        data.tasks,
     )
     model.load_state_dict(torch.load(run_dir / SELECTED_FILE, weights_only=True)["model"])
     return model, data.splits["train"]
@@ -259,7 +259,7 @@ def test_analyse_run_writes_both_measures_of_the_selected_epoch(trained_run, sma
     # the numbers are those of the selected weights on the seeded subset, mean of the task losses
     model, train_split = rebuilt_model(trained_run, small_data)
     batches = training_batches(train_split, 3, 32, seed=0)
-    loss_fn = cross_entropy_losses(load("multi_digits", small_data).tasks)
+    loss_fn = task_losses(load("multi_digits", small_data).tasks)
     assert written["top_eigenvalue"] == top_hessian_eigenvalue(model, loss_fn, batches, seed=0)
     assert written["gradient_variance"] == gradient_variance(model, loss_fn, batches)
     assert written["top_eigenvalue"] > 0 and written["gradient_variance"] > 0
@@ -290,7 +290,8 @@ def test_noisy_runs_are_measured_on_the_labels_they_trained_on(small_data):
     data = load("multi_digits", small_data)
     spec = dataclasses.replace(spec_for("ew"), noise={"BR": 0.5})
     split, labels = _trained_labels(data.splits["train"], data.tasks, spec)
-    expected, _ = corrupt_labels(data.splits["train"].y, data.tasks, {"BR": 0.5}, seed=spec.training.noise_seed)
-    assert torch.equal(split.y, expected) and labels == "noisy as trained (BR0.5)"
+    expected, _ = corrupt_targets(data.splits["train"].y, data.tasks, {"BR": 0.5}, seed=spec.training.noise_seed)
+    assert all(torch.equal(a, b) for a, b in zip(split.y, expected, strict=True))
+    assert labels == "noisy as trained (BR0.5)"
     clean, labels = _trained_labels(data.splits["train"], data.tasks, spec_for("ew"))
     assert clean is data.splits["train"] and labels == "clean"

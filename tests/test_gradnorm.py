@@ -22,7 +22,7 @@ from mtlrepro.train import make_optimizer
 from mtlrepro.weighting import parse_method
 from mtlrepro.weighting.gradnorm import GradNorm
 
-from conftest import TASKS, make_model_and_batch, make_stepper
+from conftest import TASKS, digit_tasks, make_model_and_batch, make_stepper
 
 ALPHA = 1.5
 
@@ -211,7 +211,7 @@ def test_defaults_and_own_learning_rate():
     assert options["scale"] == "tasks" and options["heads"] == "weighted" and options["parametrisation"] == "direct"
     method = build(3, lr=0.1)
     assert method.lr == 0.1
-    model = build_model("hps", "lenet", (1, 36, 36), [10] * 3)
+    model = build_model("hps", "lenet", (1, 36, 36), digit_tasks(3))
     from mtlrepro.train import TrainingOptions
 
     optimizer = make_optimizer(model, [method], TrainingOptions())

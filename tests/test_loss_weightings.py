@@ -19,7 +19,7 @@ import torchjd.scalarization as tjd
 
 from mtlrepro.errors import ConfigError
 from mtlrepro.weighting import parse_method
-from mtlrepro.weighting.base import apply_scale
+from mtlrepro.weighting.base import Batch, apply_scale
 
 from conftest import TASKS, assert_same_grads, grads_of, make_stepper, tiny_model
 
@@ -391,11 +391,11 @@ def torchjd_famo_weights(
 def famo_ctx(losses: torch.Tensor, k: int, afters: list[torch.Tensor]) -> SimpleNamespace:
     """Step k's context for ``same_batch``: batch (k, k); the forward on batch j after its update gives afters[j]."""
 
-    def forward_losses(x, y):
-        assert not torch.is_grad_enabled() and x == y == k - 1  # the previous step's batch, under no_grad
-        return afters[x]
+    def forward_losses(batch):
+        assert not torch.is_grad_enabled() and batch.x == batch.y == k - 1  # the previous step's batch, no_grad
+        return afters[batch.x]
 
-    return ctx_of(losses, x=k, y=k, forward_losses=forward_losses)
+    return ctx_of(losses, batch=Batch(k, k), forward_losses=forward_losses)
 
 
 @pytest.mark.parametrize("delta", ["same_batch", "next_batch"])

@@ -20,6 +20,7 @@ from mtlrepro.weighting import registry
 from mtlrepro.weighting.base import (
     GRADIENT,
     LOSS,
+    Batch,
     GradientAggregator,
     GradientOptions,
     LossOptions,
@@ -33,11 +34,11 @@ from conftest import batch, make_stepper, small_config, spec_for, tiny_model
 METHODS = sorted(registry())
 LOSS_METHODS = [name for name in METHODS if registry()[name].kind == LOSS]
 GRADIENT_METHODS = [name for name in METHODS if registry()[name].kind == GRADIENT]
-TASKS = tuple(Task(f"t{i}", 10) for i in range(3))
+TASKS = tuple(Task(f"t{i}", n_classes=10) for i in range(3))
 
 
 def held_out():
-    return batch(99)
+    return Batch(*batch(99))
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -133,8 +134,8 @@ def test_a_run_stopped_anywhere_resumes_to_exactly_the_same_numbers(method, smal
 
     real_step = Stepper.step
 
-    def step_then_sigterm(self, x, y, epoch=1, iteration=0):
-        result = real_step(self, x, y, epoch=epoch, iteration=iteration)
+    def step_then_sigterm(self, x, y, epoch=1, iteration=0, rows=None):
+        result = real_step(self, x, y, epoch=epoch, iteration=iteration, rows=rows)
         if iteration in (1, 5):
             assert callable(signal.getsignal(signal.SIGTERM)), "train() must handle SIGTERM while it runs"
             signal.raise_signal(signal.SIGTERM)

@@ -28,7 +28,7 @@ from mtlrepro.data import Task
 from mtlrepro.errors import ConfigError
 from mtlrepro.train import held_out_request
 from mtlrepro.weighting import parse_method
-from mtlrepro.weighting.base import Need
+from mtlrepro.weighting.base import Batch, Need
 from mtlrepro.weighting.moml import (
     MGDA_TOL,
     hypergradient_autograd,
@@ -37,20 +37,20 @@ from mtlrepro.weighting.moml import (
     softmax_vjp,
 )
 
-from conftest import make_stepper
+from conftest import digit_tasks, make_stepper
 
 BATCH = 6
 INNER_LR = 0.1
 
 
 def tasks_of(n):
-    return [Task(f"t{i}", 10) for i in range(n)]
+    return [Task(f"t{i}", n_classes=10) for i in range(n)]
 
 
 def tiny_problem(n_tasks, seed=0):
     """A double-precision HPS LeNet, a training batch and a fixed held-out batch."""
     torch.manual_seed(seed)
-    model = build_model("hps", "lenet", (1, 36, 36), [10] * n_tasks).double()
+    model = build_model("hps", "lenet", (1, 36, 36), digit_tasks(n_tasks)).double()
     x = torch.rand(BATCH, 1, 36, 36, dtype=torch.float64)
     y = torch.randint(10, (BATCH, n_tasks))
     xv = torch.rand(BATCH, 1, 36, 36, dtype=torch.float64)
@@ -64,7 +64,7 @@ def ce_losses(outputs, y):
 
 def moml_stepper(model, n_tasks, held, logits=None, expression="moml", **options):
     entries = {"moml": options} if options else None
-    stepper = make_stepper(model, tasks_of(n_tasks), expression, entries, held_out=lambda: held)
+    stepper = make_stepper(model, tasks_of(n_tasks), expression, entries, held_out=lambda: Batch(*held))
     method = stepper.loss_weighting.double()
     if logits is not None:
         with torch.no_grad():

@@ -125,8 +125,8 @@ def signal_at(monkeypatch, signals_by_iteration: dict[int, list[signal.Signals]]
     """Make every training step raise the given signals (to this process) after the step numbered ``iteration``."""
     real_step = Stepper.step
 
-    def step(self, x, y, epoch=1, iteration=0):
-        result = real_step(self, x, y, epoch=epoch, iteration=iteration)
+    def step(self, x, y, epoch=1, iteration=0, rows=None):
+        result = real_step(self, x, y, epoch=epoch, iteration=iteration, rows=rows)
         for signum in signals_by_iteration.get(iteration, ()):
             signal.raise_signal(signum)
         return result

@@ -23,7 +23,7 @@ from mtlrepro.weighting import parse_method
 from mtlrepro.weighting.base import Need, SetupInfo
 from mtlrepro.weighting.rotograd import magnitude_weights, rotation_loss, skew_to_rotation
 
-from conftest import make_stepper
+from conftest import digit_tasks, make_stepper
 
 REP = 50  # LeNet representation size
 
@@ -215,10 +215,10 @@ def test_training_the_rotations_aligns_the_task_gradients_on_a_fixed_problem(mod
 def hps():
     n_tasks = 3
     torch.manual_seed(0)
-    model = build_model("hps", "lenet", (1, 36, 36), [10] * n_tasks).double()
+    model = build_model("hps", "lenet", (1, 36, 36), digit_tasks(n_tasks)).double()
     x = torch.rand(8, 1, 36, 36, dtype=torch.float64)
     y = torch.randint(10, (8, n_tasks))
-    return model, x, y, [Task(f"t{i}", 10) for i in range(n_tasks)]
+    return model, x, y, [Task(f"t{i}", n_classes=10) for i in range(n_tasks)]
 
 
 def rotograd_stepper(model, tasks, seed=12, **options):

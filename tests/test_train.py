@@ -92,7 +92,7 @@ def test_checkpoint_made_from_other_data_is_ignored(small_data, tmp_path):
     train(spec, small_data, tmp_path / "run", progress=False)
     # the same options over other source data (say, a new release of the raw files): other bytes
     payload = torch.load(small_data, weights_only=True)
-    payload["splits"]["train"]["y"] = payload["splits"]["train"]["y"].flip(0)
+    payload["splits"]["train"]["y"] = [y.flip(0) for y in payload["splits"]["train"]["y"]]
     payload["splits_sha256"] = splits_sha256(payload["splits"])
     other_data = tmp_path / "other.pt"
     save_torch_atomic(other_data, payload)
@@ -177,23 +177,15 @@ def test_selection_follows_validation_when_test_disagrees(small_data, tmp_path, 
     val = iter([50.0, 70.0, 60.0])
     test = iter([90.0, 40.0, 95.0])
 
-    def scripted(model, split, tasks, device, batch_size):
-        value = next(val) if split is scripted.splits["val"] else next(test)
-        return {task.name: {"acc": value} for task in tasks}
-
-    real_prepare = train_module.prepare_run_data
-
-    def remember_splits(*args, **kwargs):
-        run_data = real_prepare(*args, **kwargs)
-        scripted.splits = run_data.data.splits
-        return run_data
+    def scripted(model, data, split, device, batch_size):
+        value = next(val) if split == "val" else next(test)
+        return {task.name: {"acc": value} for task in data.tasks}
 
     monkeypatch.setattr(train_module, "evaluate", scripted)
-    monkeypatch.setattr(train_module, "prepare_run_data", remember_splits)
     record = train(spec_for("ew", epochs=3), small_data, tmp_path / "run", progress=False)
     assert record["selection"] == {
         "rule": "best_val",
-        "description": "highest mean validation score over tasks",
+        "description": "highest Delta_p of the validation metrics against the first epoch's",
         "epoch": 2,
     }
     assert record["final"]["test"]["TL"]["acc"] == 40.0

@@ -35,16 +35,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlrepro.archs import build_model
-from mtlrepro.data import Split, Task, dataset_module, load
-from mtlrepro.data.noise import corrupt_labels
+from mtlrepro.data import Split, as_input, dataset_module, load
+from mtlrepro.data.noise import corrupt_targets
 from mtlrepro.errors import ConfigError, DataError
 from mtlrepro.io import write_json_atomic
 from mtlrepro.run import METRICS_FILE, SELECTED_FILE, RunSpec
 from mtlrepro.seeding import derive_seed
+from mtlrepro.tasks import Task
 
 FLATNESS_FORMAT = "mtlrepro.flatness/1"
 LOSS_DESCRIPTION = "mean of task losses"
@@ -57,36 +57,27 @@ MEASURES = {
     "over the subset's minibatches, averaged over parameters: tr(Cov[g_b]) / D",
 }
 
-TaskLosses = Callable[[Sequence[Tensor], Tensor], Tensor]
+TaskLosses = Callable[[Sequence[Tensor], Any], Tensor]
 """``loss_fn(outputs, y) -> [T]``: the vector of task losses of one batch (``outputs``: the model's head outputs)."""
 
-Batch = tuple[Tensor, Tensor]
+Batch = tuple[Tensor, Any]
 
 
 # --------------------------------------------------------------------------- loss and data
 
 
-def cross_entropy_losses(tasks: Sequence[Task]) -> TaskLosses:
-    """The per-task loss of classification ``tasks``: mean cross-entropy of head t against label column t.
-
-    :class:`ConfigError` if a task's loss is not ``cross_entropy``.
-    """
-    for task in tasks:
-        if task.loss != "cross_entropy":
-            raise ConfigError(f"flatness: task {task.name}: loss {task.loss!r} is not supported (cross_entropy only)")
+def task_losses(tasks: Sequence[Task]) -> TaskLosses:
+    """The per-task losses of ``tasks`` as training computes them: task t's loss of head t against targets ``y[t]``."""
     n_tasks = len(tasks)
 
-    def loss_fn(outputs: Sequence[Tensor], y: Tensor) -> Tensor:
+    def loss_fn(outputs: Sequence[Tensor], y: Sequence[Tensor]) -> Tensor:
         if len(outputs) != n_tasks:
             raise ValueError(f"expected {n_tasks} head outputs, got {len(outputs)}")
-        return torch.stack([F.cross_entropy(out, y[:, t]) for t, out in enumerate(outputs)])
+        return torch.stack(
+            [task.loss(out, task.target(target)) for out, target, task in zip(outputs, y, tasks, strict=True)]
+        )
 
     return loss_fn
-
-
-def _as_float(x: Tensor) -> Tensor:
-    """Model inputs: uint8 images scaled to [0, 1], anything else cast to float32."""
-    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
 def training_batches(split: Split, n_batches: int, batch_size: int, seed: int) -> list[Batch]:
@@ -106,7 +97,11 @@ def training_batches(split: Split, n_batches: int, batch_size: int, seed: int) -
         )
     generator = torch.Generator().manual_seed(derive_seed(seed, "flatness_batches"))
     order = torch.randperm(len(split), generator=generator)[:needed]
-    return [(_as_float(split.x[take]), split.y[take]) for take in order.split(batch_size) if len(take) == batch_size]
+    return [
+        (as_input(split.x[take]), tuple(target[take] for target in split.y))
+        for take in order.split(batch_size)
+        if len(take) == batch_size
+    ]
 
 
 # --------------------------------------------------------------------------- the two measures
@@ -148,6 +143,13 @@ class _Flattened(nn.Module):
         return [part.reshape(part.shape[0], *shape) for part, shape in zip(parts, self.shapes, strict=True)]
 
 
+class _Targets(tuple):
+    """A batch's per-task targets as PyHessian handles targets: it calls ``targets.to(device)``."""
+
+    def to(self, device: torch.device | str) -> _Targets:
+        return _Targets(t.to(device) for t in self)
+
+
 def _check_batches(batches: Sequence[Batch], minimum: int) -> list[Batch]:
     batches = list(batches)
     if len(batches) < minimum:
@@ -186,7 +188,8 @@ def top_hessian_eigenvalue(
         # PyHessian differentiates through loss.backward(create_graph=True); _untouched resets the .grad fields
         warnings.filterwarnings("ignore", message=r"Using backward\(\) with create_graph=True", category=UserWarning)
         torch.manual_seed(seed)
-        eigenvalues, _ = hessian(wrapped, criterion, dataloader=batches, cuda=cuda).eigenvalues(
+        data = [(x, y if isinstance(y, Tensor) else _Targets(y)) for x, y in batches]
+        eigenvalues, _ = hessian(wrapped, criterion, dataloader=data, cuda=cuda).eigenvalues(
             maxIter=max_iter, tol=tol, top_n=1
         )
     return float(eigenvalues[0])
@@ -263,7 +266,7 @@ def _trained_labels(split: Split, tasks: Sequence[Task], spec: RunSpec) -> tuple
     """The training split with the labels the run trained on (its label noise, same seed as training)."""
     if not any(rate > 0 for rate in spec.noise.values()):
         return split, "clean"
-    noisy, _ = corrupt_labels(split.y, tasks, spec.noise, seed=spec.training.noise_seed)
+    noisy, _ = corrupt_targets(split.y, tasks, spec.noise, seed=spec.training.noise_seed)
     return Split(x=split.x, y=noisy, source=split.source), f"noisy as trained ({spec.noise_label})"
 
 
@@ -303,12 +306,18 @@ def analyse_run(
     selected_path = run_dir / SELECTED_FILE
     selected = _read_selected(selected_path, epoch)
     data = load(spec.dataset, data_path, options=spec.data_options)
+    if data.multi_input:
+        raise ConfigError(
+            f"flatness: dataset {spec.dataset} gives every task its own inputs; the Hessian of the mean task loss "
+            "is measured on single-input datasets (RW Figure 1: the Multi-MNIST family)"
+        )
     train, labels = _trained_labels(data.splits["train"], data.tasks, spec)
-    loss_fn = cross_entropy_losses(data.tasks)
-    input_shape = tuple(train.x.shape[1:])
+    loss_fn = task_losses(data.tasks)
+    input_shape = tuple(as_input(train.x[:1]).shape[1:])
     with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten; keep the caller's RNG as it was
+        module = dataset_module(spec.dataset)
         model = build_model(
-            spec.arch, dataset_module(spec.dataset).ENCODER, input_shape, [t.n_classes for t in data.tasks]
+            spec.arch, module.ENCODER, input_shape, data.tasks, getattr(module, "ENCODER_OPTIONS", None)
         )
     try:
         model.load_state_dict(selected["model"])

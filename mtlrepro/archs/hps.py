@@ -14,15 +14,15 @@ from torch import Tensor, nn
 
 
 class HPS(nn.Module):
-    """Shared ``encoder`` followed by one linear head per task."""
+    """Shared ``encoder`` followed by one head per task (``mtlrepro.models.heads``: linear, per token, or dense)."""
 
     #: every head reads the one tensor z, so representation-gradient methods apply
     has_shared_representation = True
 
-    def __init__(self, encoder: nn.Module, rep_dim: int, out_dims: Sequence[int]) -> None:
+    def __init__(self, encoder: nn.Module, heads: Sequence[nn.Module]) -> None:
         super().__init__()
         self.encoder = encoder
-        self.heads = nn.ModuleList(nn.Linear(rep_dim, out) for out in out_dims)
+        self.heads = nn.ModuleList(heads)
 
     def encode(self, x: Tensor) -> Tensor:
         """The shared representation z."""

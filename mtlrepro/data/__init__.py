@@ -1,22 +1,30 @@
 """Datasets: a registry of dataset modules and the tensor cache they are prepared into.
 
-A dataset module (one per dataset family, e.g. :mod:`mtlrepro.data.multi_digits`)
+A dataset module (one per registry name, e.g. :mod:`mtlrepro.data.multi_digits`)
 defines:
 
 - ``NAME``: its registry name;
-- ``TASKS``: a tuple of :class:`Task` (name, number of classes, loss, metrics);
+- ``TASKS``: a tuple of :class:`~mtlrepro.tasks.Task` (name, kind, classes);
 - ``ENCODER``: the name of the shared encoder the papers use for it;
 - ``STAND_IN``: ``None`` for the paper's own data, otherwise a one-line label
   saying what the data stands in for; every table and figure prints it;
-- ``Options``: a frozen dataclass of generation/preprocessing options;
-- ``describe(options) -> dict``: provenance of the raw source (version, checksum);
-- ``build(options) -> dict[str, Split]``: a pure, seeded function returning the
-  ``"train"``, ``"val"`` and ``"test"`` splits.
+- ``MULTI_INPUT``: whether every task has its own inputs (Office, XTREME);
+- ``Options``: a frozen dataclass of preprocessing/generation options;
+- ``SOURCES``, ``MANUAL``, ``fetch(directory) -> root`` and ``check_root(root)``
+  when the data is downloaded (:mod:`mtlrepro.data.download`); absent for
+  generated stand-ins;
+- ``build(options, root) -> dict[str, SplitSet]``: a pure, seeded function
+  returning the ``"train"``, ``"val"`` and ``"test"`` splits, each a
+  :class:`Split` (one target tensor per task) or, multi-input, one
+  :class:`Split` per task;
+- ``describe(options, root) -> dict``: provenance of the raw source
+  (files, checksums, versions);
+- optionally ``augment(x, y, generator)``: train-time batch augmentation.
 
 :func:`prepare` writes the splits to a cache file atomically, with the options
-they were built with and a checksum of their tensors; :func:`load` reads them
-back and refuses a damaged cache, or one built with other options than the
-run expects, naming the file and how to rebuild it.
+they were built with and a checksum of their tensors; :func:`load` memory-maps
+them back and refuses a damaged cache, or one built with other options than
+the run expects, naming the file and how to rebuild it.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import shlex
 import warnings
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -40,9 +48,10 @@ from torch import Tensor
 from mtlrepro.errors import ConfigError, DataError
 from mtlrepro.io import canonical_json, save_torch_atomic
 from mtlrepro.options import build_options, options_dict
+from mtlrepro.tasks import Task, check_target
 
 SPLITS = ("train", "val", "test")
-CACHE_FORMAT = "mtlrepro.data/2"
+CACHE_FORMAT = "mtlrepro.data/3"
 _FIELDS = ("x", "y", "source")
 #: what torch.load raises on a truncated, garbage or foreign file (weights-only loading executes nothing)
 _UNREADABLE = (
@@ -64,30 +73,33 @@ DATASETS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Task:
-    """One task of a dataset: its output size, loss and metrics (name -> direction)."""
-
-    name: str
-    n_classes: int
-    loss: str = "cross_entropy"
-    metrics: Mapping[str, str] = field(default_factory=lambda: {"acc": "higher"})
-
-
 @dataclass
 class Split:
-    """One split: inputs ``x`` [N x ...] and labels ``y`` [N x T] (one column per task).
+    """One split of a dataset: inputs ``x`` [N x ...] and one target tensor per task, ``y`` (a tuple).
 
-    ``source`` [N x k] records, for every example, the indices of the raw
-    source items it was built from (for leakage checks); ``None`` if not applicable.
+    In a multi-input dataset every task has its own ``Split`` whose ``y`` holds
+    that task's targets only. ``source`` [N x k] records, for every example,
+    the indices of the raw source items it was built from (for leakage
+    checks); ``None`` if not applicable.
     """
 
     x: Tensor
-    y: Tensor
+    y: tuple[Tensor, ...]
     source: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.y = tuple(self.y)
+        n = int(self.x.shape[0])
+        for t, target in enumerate(self.y):
+            if int(target.shape[0]) != n:
+                raise ValueError(f"target {t} has {target.shape[0]} examples but x has {n}")
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+
+SplitSet = Split | tuple[Split, ...]
+"""A split of a single-input dataset (one ``Split``) or of a multi-input one (one ``Split`` per task)."""
 
 
 @dataclass
@@ -96,10 +108,32 @@ class MTLData:
 
     name: str
     tasks: tuple[Task, ...]
-    splits: dict[str, Split]
+    splits: dict[str, SplitSet]
     stand_in: str | None
     options: dict[str, Any]
     meta: dict[str, Any]
+
+    @property
+    def multi_input(self) -> bool:
+        """Whether every task has its own inputs (Office, PAWS-X, UD-POS)."""
+        return isinstance(self.splits["train"], tuple)
+
+    def task_split(self, split: str, t: int) -> tuple[Tensor, Tensor]:
+        """Inputs and targets of task ``t`` in ``split``: ``(x, y_t)``."""
+        part = self.splits[split]
+        if isinstance(part, tuple):
+            return part[t].x, part[t].y[0]
+        return part.x, part.y[t]
+
+
+def as_input(x: Tensor) -> Tensor:
+    """Stored inputs as a model reads them: uint8 images as float in [0, 1], token ids (other integers) as int64,
+    anything else as float32."""
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0
+    if x.is_floating_point():
+        return x.float()
+    return x.long()
 
 
 def dataset_module(name: str) -> ModuleType:
@@ -118,23 +152,76 @@ def resolve_options(name: str, values: Mapping[str, Any] | None, where: str | No
     return options_dict(build_options(module.Options, values, where or f"datasets.{name}.options"))
 
 
-def splits_sha256(splits: Mapping[str, Mapping[str, Tensor | None]]) -> str:
-    """sha256 over the tensors of every split: split, field, dtype, shape and bytes, in a fixed order."""
+def _entry(split: Split) -> dict[str, Any]:
+    return {"x": split.x, "y": list(split.y), "source": split.source}
+
+
+def _entries(part: Any) -> list[Any]:
+    """The stored entries of one split: one (single-input) or one per task (multi-input)."""
+    return list(part) if isinstance(part, list) else [part]
+
+
+def splits_sha256(splits: Mapping[str, Any]) -> str:
+    """sha256 over the tensors of every split: position, dtype, shape and bytes of each, in a fixed order.
+
+    ``splits`` maps each split to a stored entry ``{"x", "y": [per-task targets], "source"}``, or to a list of
+    entries (one per task) for a multi-input dataset.
+    """
     sha = hashlib.sha256()
     for split in SPLITS:
-        for key in _FIELDS:
-            tensor = splits[split][key]
-            if tensor is None:
-                sha.update(f"{split}.{key}:none\n".encode())
-                continue
-            tensor = tensor.detach().cpu().contiguous()
-            sha.update(f"{split}.{key}:{tensor.dtype}:{list(tensor.shape)}\n".encode())
-            sha.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        for i, entry in enumerate(_entries(splits[split])):
+            named = [("x", entry["x"]), *((f"y{t}", y) for t, y in enumerate(entry["y"])), ("source", entry["source"])]
+            for key, tensor in named:
+                if tensor is None:
+                    sha.update(f"{split}.{i}.{key}:none\n".encode())
+                    continue
+                tensor = tensor.detach().cpu().contiguous()
+                sha.update(f"{split}.{i}.{key}:{tensor.dtype}:{list(tensor.shape)}\n".encode())
+                sha.update(tensor.reshape(-1).view(torch.uint8).numpy())
     return sha.hexdigest()
 
 
-def prepare(name: str, values: Mapping[str, Any] | None, out: str | Path) -> Path:
+def _check_built(name: str, module: ModuleType, splits: Mapping[str, Any]) -> None:
+    """Refuse splits that do not fit the module's declaration (every split, multi-input layout, target layouts)."""
+    missing = [s for s in SPLITS if s not in splits]
+    if missing:
+        raise DataError(f"dataset {name}: build() returned no {', '.join(missing)} split")
+    tasks = tuple(module.TASKS)
+    for split in SPLITS:
+        part = splits[split]
+        multi = isinstance(part, tuple)
+        if multi != bool(getattr(module, "MULTI_INPUT", False)) or (multi and len(part) != len(tasks)):
+            raise DataError(
+                f"dataset {name}: build() returned a {split} split that does not match MULTI_INPUT "
+                f"({'one Split per task' if module.MULTI_INPUT else 'one Split'} expected)"
+            )
+        pairs = [(task, p.y[0], len(p)) for task, p in zip(tasks, part, strict=True)] if multi else None
+        if pairs is None:
+            if len(part.y) != len(tasks):
+                raise DataError(f"dataset {name}: the {split} split has {len(part.y)} targets for {len(tasks)} tasks")
+            pairs = [(task, y, len(part)) for task, y in zip(tasks, part.y, strict=True)]
+        for task, y, n in pairs:
+            try:
+                check_target(task, y, n)
+            except ValueError as err:
+                raise DataError(f"dataset {name}, {split} split: {err}") from None
+
+
+def prepare(
+    name: str,
+    values: Mapping[str, Any] | None,
+    out: str | Path,
+    *,
+    raw: str | Path | None = None,
+    path: str | Path | None = None,
+    progress: bool = False,
+) -> Path:
     """Build dataset ``name`` with ``values`` as options and write its cache to ``out`` atomically.
+
+    A dataset with raw sources reads them from ``path`` when given (data the
+    user already has: checked with the module's ``check_root``), otherwise it
+    downloads, verifies and unpacks them into ``raw`` (the module's ``fetch``).
+    Generated data (stand-ins) needs neither.
 
     The cache records the resolved options, the source's provenance and a
     sha256 of the splits' tensors (:func:`splits_sha256`); the same source
@@ -142,16 +229,23 @@ def prepare(name: str, values: Mapping[str, Any] | None, out: str | Path) -> Pat
     """
     module = dataset_module(name)
     options = build_options(module.Options, values, f"datasets.{name}.options")
-    splits = module.build(options)
-    missing = [s for s in SPLITS if s not in splits]
-    if missing:
-        raise DataError(f"dataset {name}: build() returned no {', '.join(missing)} split")
-    tensors = {s: {"x": splits[s].x, "y": splits[s].y, "source": splits[s].source} for s in SPLITS}
+    root = None
+    if getattr(module, "SOURCES", ()):
+        if path is not None:
+            root = Path(path)
+            module.check_root(root)
+        elif raw is not None:
+            root = module.fetch(Path(raw), progress=progress)
+        else:
+            raise DataError(f"dataset {name} needs its raw data: give a download directory or `datasets.{name}.path`")
+    splits = module.build(options, root)
+    _check_built(name, module, splits)
+    tensors = {s: [_entry(p) for p in splits[s]] if isinstance(splits[s], tuple) else _entry(splits[s]) for s in SPLITS}
     payload = {
         "format": CACHE_FORMAT,
         "name": name,
         "options": options_dict(options),
-        "meta": module.describe(options),
+        "meta": module.describe(options, root),
         "splits": tensors,
         "splits_sha256": splits_sha256(tensors),
     }
@@ -186,7 +280,7 @@ def _read_payload(name: str, path: Path, options: Mapping[str, Any] | None) -> A
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch's warning about a foreign pickle protocol
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except PermissionError as err:
         raise DataError(f"data cache {path} cannot be read ({err.strerror}): make it readable") from None
     except _UNREADABLE as err:
@@ -227,13 +321,16 @@ def _check_payload(name: str, path: Path, payload: Any, options: Mapping[str, An
         raise damaged("its options or provenance is not a mapping")
     splits = payload["splits"]
     for split in SPLITS:
-        fields = splits.get(split) if isinstance(splits, dict) else None
-        if not isinstance(fields, dict) or set(fields) != set(_FIELDS):
-            raise damaged(f"split {split!r} is missing or malformed")
-        if not all(isinstance(fields[key], Tensor) for key in ("x", "y")) or not isinstance(
-            fields["source"], (Tensor, type(None))
-        ):
-            raise damaged(f"split {split!r} holds something other than tensors")
+        part = splits.get(split) if isinstance(splits, dict) else None
+        entries = _entries(part) if isinstance(part, (dict, list)) else [None]
+        for fields in entries:
+            if not isinstance(fields, dict) or set(fields) != set(_FIELDS) or not isinstance(fields["y"], list):
+                raise damaged(f"split {split!r} is missing or malformed")
+            tensors = [fields["x"], *fields["y"]]
+            if not all(isinstance(t, Tensor) for t in tensors) or not isinstance(
+                fields["source"], (Tensor, type(None))
+            ):
+                raise damaged(f"split {split!r} holds something other than tensors")
     if splits_sha256(splits) != payload["splits_sha256"]:
         raise damaged("its tensors do not match their sha256")
 
@@ -247,6 +344,10 @@ def load(name: str, path: str | Path, options: Mapping[str, Any] | None = None) 
     rebuild it, when it is missing, damaged (unreadable, truncated, not a
     mapping, keys missing, checksum mismatch), of another dataset or format,
     or built with other options.
+
+    The tensors are memory-mapped from the file (``torch.load(mmap=True)``):
+    a run reads the pages its batches touch, and its private memory does not
+    grow with the dataset.
     """
     path = Path(path)
     if not path.is_file():
@@ -265,7 +366,10 @@ def load(name: str, path: str | Path, options: Mapping[str, Any] | None = None) 
                 f"but the run expects {_show(options, differing)}: {rebuild_hint(name, path, options)}"
             )
     module = dataset_module(name)
-    splits = {s: Split(**payload["splits"][s]) for s in SPLITS}
+    splits: dict[str, SplitSet] = {}
+    for s in SPLITS:
+        part = payload["splits"][s]
+        splits[s] = tuple(Split(**e) for e in part) if isinstance(part, list) else Split(**part)
     return MTLData(
         name=name,
         tasks=tuple(module.TASKS),

@@ -37,16 +37,15 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
-from mtlrepro.data import SPLITS, Split, Task
+from mtlrepro.data import SPLITS, Split
 from mtlrepro.errors import DataError
 from mtlrepro.seeding import derive_seed
+from mtlrepro.tasks import Task
 
 NAME = "multi_digits"
 ENCODER = "lenet"
-TASKS = (
-    Task("TL", 10, metrics={"acc": "higher"}),
-    Task("BR", 10, metrics={"acc": "higher"}),
-)
+TASKS = (Task("TL", n_classes=10), Task("BR", n_classes=10))
+MULTI_INPUT = False
 STAND_IN = "stand-in for Multi-MNIST (RW paper Sec. 5.1) built from scikit-learn's 8x8 digits, not the paper's data"
 
 #: maximum pixel value of :func:`sklearn.datasets.load_digits` images
@@ -184,9 +183,9 @@ def draw_pairs(labels: Tensor, n_pairs: int, generator: torch.Generator) -> tupl
     return first, second
 
 
-def _check_coverage(split: str, y: Tensor) -> None:
-    for t, task in enumerate(TASKS):
-        present = set(torch.unique(y[:, t]).tolist())
+def _check_coverage(split: str, y: tuple[Tensor, ...]) -> None:
+    for target, task in zip(y, TASKS, strict=True):
+        present = set(torch.unique(target).tolist())
         missing = sorted(set(range(task.n_classes)) - present)
         if missing:
             raise DataError(
@@ -199,11 +198,13 @@ def _n_pairs(options: Options, split: str) -> int:
     return {"train": options.n_train, "val": options.n_val, "test": options.n_test}[split]
 
 
-def build(options: Options) -> dict[str, Split]:
+def build(options: Options, root: None = None) -> dict[str, Split]:
     """Build the train/val/test splits (RW paper Sec. 5.1; ExcessMTL Sec. 4.1); pure and seeded.
 
+    ``root`` is unused: the base digits ship inside scikit-learn.
+
     Returns, for every split, ``Split(x, y, source)`` with ``x`` uint8
-    [N x 1 x canvas x canvas], ``y`` int64 [N x 2] (TL label, BR label) and
+    [N x 1 x canvas x canvas], ``y`` = (TL labels, BR labels), int64 [N] each, and
     ``source`` int64 [N x 2], the indices into ``load_digits().images`` of the
     TL and BR base images. Same options give bit-identical tensors.
     """
@@ -218,13 +219,13 @@ def build(options: Options) -> dict[str, Split]:
         first, second = draw_pairs(labels[pool], _n_pairs(options, split), generator)
         source = torch.stack([pool[first], pool[second]], dim=1)
         x = compose(digits[source[:, 0]], digits[source[:, 1]], options.canvas, options.shift)
-        y = labels[source]
+        y = (labels[source[:, 0]], labels[source[:, 1]])
         _check_coverage(split, y)
         splits[split] = Split(x=x, y=y, source=source)
     return splits
 
 
-def describe(options: Options) -> dict[str, object]:
+def describe(options: Options, root: None = None) -> dict[str, object]:
     """Provenance of the raw source: scikit-learn version, checksums and pool sizes per split."""
     images, targets = load_base()
     pools = split_base(targets, options)

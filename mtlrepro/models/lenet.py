@@ -30,6 +30,7 @@ class LeNetEncoder(nn.Module):
             flat = self.features(torch.zeros(1, in_channels, image_size, image_size)).shape[1]
         self.fc = nn.Sequential(nn.Linear(flat, rep_dim), nn.ReLU())
         self.rep_dim = rep_dim
+        self.rep_shape: tuple[int, ...] = (rep_dim,)
 
     @classmethod
     def for_input(cls, input_shape: tuple[int, ...]) -> LeNetEncoder:

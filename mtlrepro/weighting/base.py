@@ -44,7 +44,7 @@ import enum
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -67,6 +67,32 @@ class Need(enum.Enum):
     LAST_SHARED = "per-task gradients of the last shared layer only"
     HELD_OUT = "batches of a held-out slice of the training split"
     FORWARD = "the model and a functional forward pass (bilevel methods)"
+
+
+Rows = tuple[slice, ...] | None
+"""Multi-input batches: the rows of ``x`` that belong to each task (None: every task reads every row)."""
+
+
+class Batch(NamedTuple):
+    """A batch as a step sees it: inputs, targets (whatever the loss function reads), and, for a multi-input
+    problem, each task's rows of the inputs (one batch per task, stacked)."""
+
+    x: Tensor
+    y: Any
+    rows: Rows = None
+
+    def state(self) -> dict[str, Any]:
+        """A checkpointable form (slices become [start, stop] pairs)."""
+        rows = None if self.rows is None else [[r.start, r.stop] for r in self.rows]
+        return {"x": self.x, "y": self.y, "rows": rows}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> Batch:
+        """The batch of :meth:`state`, on ``device``."""
+        y = state["y"]
+        y = y.to(device) if isinstance(y, Tensor) else type(y)(t.to(device) for t in y)
+        rows = None if state["rows"] is None else tuple(slice(int(a), int(b)) for a, b in state["rows"])
+        return cls(state["x"].to(device), y, rows)
 
 
 @dataclass(frozen=True)

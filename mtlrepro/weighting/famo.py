@@ -58,7 +58,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from mtlrepro.weighting.base import LossOptions, LossWeighting, LossWeights, Need, WeightScale
+from mtlrepro.weighting.base import Batch, LossOptions, LossWeighting, LossWeights, Need, WeightScale
 
 EPS = 1e-8
 """Added to ``L - b`` before dividing or taking its log (official code)."""
@@ -142,7 +142,7 @@ class FAMO(LossWeighting):
         self.steps = 0
         """Logit updates made so far (Adam's step count)."""
         self.has_prev = False
-        self.prev_batch: tuple[Tensor, Tensor] | None = None
+        self.prev_batch: Batch | None = None
 
     def weigh(self, ctx) -> LossWeights:
         losses = ctx.losses.detach()
@@ -153,15 +153,14 @@ class FAMO(LossWeighting):
         self.prev_losses.copy_(current)
         self.has_prev = True
         if self.options.delta == "same_batch":
-            self.prev_batch = (ctx.x, ctx.y)
+            self.prev_batch = ctx.batch
         return LossWeights(weights.to(losses.dtype))
 
     def _losses_after_last_step(self, ctx, current: Tensor) -> Tensor:
         if self.options.delta == "next_batch":
             return current
-        x, y = self.prev_batch
         with torch.no_grad():
-            return ctx.forward_losses(x, y).to(self.xi.dtype)
+            return ctx.forward_losses(self.prev_batch).to(self.xi.dtype)
 
     def _update_logits(self, after: Tensor) -> None:
         options = self.options
@@ -182,11 +181,12 @@ class FAMO(LossWeighting):
         return {"z": torch.softmax(self.xi, dim=0)}
 
     def extra_state(self) -> dict[str, Any]:
-        return {"steps": self.steps, "has_prev": self.has_prev, "prev_batch": self.prev_batch}
+        batch = None if self.prev_batch is None else self.prev_batch.state()
+        return {"steps": self.steps, "has_prev": self.has_prev, "prev_batch": batch}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.steps = int(state["steps"])
         self.has_prev = bool(state["has_prev"])
         batch = state["prev_batch"]
         device = self.xi.device
-        self.prev_batch = None if batch is None else (batch[0].to(device), batch[1].to(device))
+        self.prev_batch = None if batch is None else Batch.from_state(batch, device)

@@ -35,7 +35,7 @@ so no equation numbers are cited):
 
 Two exact ways to compute the hypergradient (option ``hypergrad``):
 ``autograd`` differentiates the inner gradient (``create_graph=True``) and the
-functional forward ``ctx.forward_losses(x, y, params=theta')`` back to lambda
+functional forward ``ctx.forward_losses(batch, params=theta')`` back to lambda
 (one double-backward per upper objective); ``jacobian`` forms the per-task
 training gradients G [T x P] and the held-out gradient(s) at theta' and uses
 the closed form above (T + 1 backward passes for ``sum``, 2T for ``mgda``, as
@@ -268,17 +268,17 @@ class MOML(LossWeighting):
         def buffers() -> dict[str, Tensor]:
             return {n: b.clone() for n, b in model.named_buffers()}
 
-        x_val, y_val = ctx.held_out_batch()
+        held_out = ctx.held_out_batch()
 
         def val_losses(replacement: dict[str, Tensor]) -> Tensor:
-            return ctx.forward_losses(x_val, y_val, params={**replacement, **buffers()})
+            return ctx.forward_losses(held_out, params={**replacement, **buffers()})
 
         compute = hypergradient_autograd if self.options.hypergrad == "autograd" else hypergradient_jacobian
         per_task = self.options.upper == "mgda"
         inner_lr = self.options.inner_lr
         found = compute(losses, params, lam, inner_lr, val_losses, per_task)
         if found is None:  # the heads read detached copies of z: recompute the training losses functionally
-            fresh = ctx.forward_losses(ctx.x, ctx.y, params={**params, **buffers()})
+            fresh = ctx.forward_losses(ctx.batch, params={**params, **buffers()})
             found = compute(fresh, params, lam, inner_lr, val_losses, per_task)
             if found is None:
                 raise RuntimeError("moml: a model parameter does not influence the training losses")

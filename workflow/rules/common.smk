@@ -1,5 +1,6 @@
 # Shared definitions: config validation, the study expansion and the command line.
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -48,6 +49,16 @@ REFERENCE_FILES = sorted(
 )
 DATA_OPTIONS = {run.dataset: run.data_options for run in RUNS.values()}
 DEVICE = config.get("device", "auto")
+
+
+def data_location(dataset):
+    """The prepare job's raw-data argument: the user's `datasets.<name>.path`, else a download directory."""
+    path = config.get("datasets", {}).get(dataset, {}).get("path")
+    if path is not None:
+        return f"--path {shlex.quote(str(path))}"
+    return f"--raw resources/raw/{dataset}"
+
+
 TRAIN_RESOURCES = config.get("resources", {})
 # The resources of a dataset's jobs: its `resources:` entry over the top-level one.
 TRAIN_DEFAULTS = {"threads": 1, "mem_mb": 2000, "runtime": 60, "gpu": 0}

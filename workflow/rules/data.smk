@@ -1,4 +1,6 @@
-# Data: build each dataset's tensor cache under resources/.
+# Data: download, verify and unpack each dataset's raw files under resources/raw/
+# (or read them from `datasets.<name>.path`), and build its tensor cache under
+# resources/data/. Generated stand-ins need no raw files.
 
 
 localrules:
@@ -15,9 +17,10 @@ rule prepare_data:
     conda:
         "../../envs/mtlrepro.yaml"
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=8000,
+        runtime=120,
     params:
         options=lambda w: canonical_json(DATA_OPTIONS[w.dataset]),
+        raw=lambda w: data_location(w.dataset),
     shell:
-        "python -m mtlrepro prepare {wildcards.dataset} --options {params.options:q} --out {output} > {log} 2>&1"
+        "python -m mtlrepro prepare {wildcards.dataset} --options {params.options:q} {params.raw} --out {output} > {log} 2>&1"
