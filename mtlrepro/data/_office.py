@@ -31,33 +31,24 @@ What this module fixes where the papers are silent:
 
 from __future__ import annotations
 
-import hashlib
-import os
 import tarfile
 import zipfile
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL
 import torch
-import torchvision
-from PIL import Image, features
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from mtlrepro.data import SPLITS, Split, download
+from mtlrepro.data._images import library_versions, load_images, tree_sha256
 from mtlrepro.data.download import Source
 from mtlrepro.errors import DataError
 from mtlrepro.options import require
 from mtlrepro.seeding import derive_seed
 from mtlrepro.tasks import CLASSIFICATION, Task, check_target
-
-#: images decoded per batch of work handed to the thread pool (bounds the memory of encoded bytes in flight)
-CHUNK = 512
 
 
 @dataclass(frozen=True)
@@ -267,51 +258,6 @@ def split_indices(labels: np.ndarray, options: Options, purpose: str) -> dict[st
     return {s: np.sort(np.concatenate(parts[s])).astype(np.int64) for s in SPLITS}
 
 
-# --------------------------------------------------------------------------- images
-
-
-def _decode(item: Path | bytes, size: int, name: str) -> np.ndarray:
-    """One image as RGB uint8 ``[size x size x 3]``: ``convert('RGB')`` then a direct bilinear resize (LibMTL)."""
-    try:
-        with Image.open(BytesIO(item) if isinstance(item, bytes) else item) as image:
-            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"cannot read the image {name}: {err}") from None
-    return np.asarray(rgb, dtype=np.uint8)
-
-
-def _workers() -> int:
-    return max(1, min(16, os.cpu_count() or 1))
-
-
-def load_images(items: Iterable[tuple[str, Path | bytes]], n: int, size: int) -> torch.Tensor:
-    """Decode ``n`` images ``(name, path or encoded bytes)`` into uint8 ``[n x 3 x size x size]``, in order.
-
-    Decoding runs on a thread pool (Pillow releases the GIL while decoding), in chunks of :data:`CHUNK`; the
-    result does not depend on the number of threads.
-    """
-    out = np.empty((n, 3, size, size), dtype=np.uint8)
-    done = 0
-    chunk: list[tuple[str, Path | bytes]] = []
-
-    def flush(pool: ThreadPoolExecutor) -> None:
-        nonlocal done
-        for i, array in enumerate(pool.map(lambda item: _decode(item[1], size, item[0]), chunk)):
-            out[done + i] = array.transpose(2, 0, 1)
-        done += len(chunk)
-        chunk.clear()
-
-    with ThreadPoolExecutor(max_workers=_workers()) as pool:
-        for item in items:
-            chunk.append(item)
-            if len(chunk) == CHUNK:
-                flush(pool)
-        flush(pool)
-    if done != n:
-        raise ValueError(f"load_images: {done} images for {n} slots")
-    return torch.from_numpy(out)
-
-
 # --------------------------------------------------------------------------- build and describe
 
 
@@ -341,27 +287,6 @@ def build(family: Family, options: Options, root: Path | None) -> dict[str, tupl
             check_target(task, target, len(rows))
             per_split[split].append(Split(x=images[rows], y=(target,), source=rows.reshape(-1, 1)))
     return {s: tuple(per_split[s]) for s in SPLITS}
-
-
-def tree_sha256(root: Path, paths: Sequence[Path]) -> str:
-    """sha256 over the relative path and the bytes of every file in ``paths`` (in the order given)."""
-    sha = hashlib.sha256()
-    for path in paths:
-        sha.update(path.relative_to(root).as_posix().encode() + b"\0")
-        with open(path, "rb") as file:
-            sha.update(hashlib.file_digest(file, "sha256").digest())
-    return sha.hexdigest()
-
-
-def library_versions() -> dict[str, str | None]:
-    """Versions of the libraries that decode and resize images (the tensors depend on them)."""
-    return {
-        "torch": str(torch.__version__),  # a TorchVersion, which weights-only loading refuses
-        "torchvision": torchvision.__version__,
-        "pillow": PIL.__version__,
-        "libjpeg": features.version_codec("jpg"),
-        "numpy": np.__version__,
-    }
 
 
 def describe(family: Family, options: Options, root: Path | None) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from mtlrepro.data import SPLITS, Split, download
-from mtlrepro.data._office import library_versions, load_images, tree_sha256
+from mtlrepro.data._images import library_versions, load_images, tree_sha256
 from mtlrepro.data.download import Source
 from mtlrepro.errors import DataError
 from mtlrepro.options import require
