@@ -83,6 +83,13 @@ DATASETS: dict[str, str] = {
     "sarcos": "mtlrepro.data.sarcos",
     # offline stand-ins (generated; each says what it stands in for)
     "multi_digits": "mtlrepro.data.multi_digits",
+    "dense_scenes": "mtlrepro.data.dense_scenes",
+    "street_scenes": "mtlrepro.data.street_scenes",
+    "digit_domains": "mtlrepro.data.digit_domains",
+    "face_attributes": "mtlrepro.data.face_attributes",
+    "paraphrase_standin": "mtlrepro.data.paraphrase_standin",
+    "pos_standin": "mtlrepro.data.pos_standin",
+    "arm_dynamics": "mtlrepro.data.arm_dynamics",
 }
 
 
