@@ -49,16 +49,16 @@ from mtlrepro.tasks import Task, check_target
 
 
 def _quiet_import(name: str) -> ModuleType:
-    """Import ``name`` with file descriptor 1 silenced: pybullet's C extension prints its build time to stdout,
+    """Import ``name`` with file descriptor 2 silenced: pybullet's C extension prints its build time to stderr,
     which would land in every command that imports the dataset registry (a Snakemake dry run, say)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
+    sys.stderr.flush()
+    saved = os.dup(2)
     try:
         with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 1)
+            os.dup2(devnull.fileno(), 2)
             return importlib.import_module(name)
     finally:
-        os.dup2(saved, 1)
+        os.dup2(saved, 2)
         os.close(saved)
 
 
