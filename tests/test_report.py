@@ -180,6 +180,9 @@ def test_load_runs_mixed_datasets(tmp_path: Path) -> None:
     other = study_paths(tmp_path, methods=["ew"], seeds=[1], dataset="celeba_small")
     with pytest.raises(DataError, match=f"{other[0]}: dataset 'celeba_small' differs"):
         load_runs(first + other)
+    # the scorecard reads every study's runs, of every dataset
+    mixed = load_runs(first + other, one_dataset=False)
+    assert [run["run"]["dataset"] for run in mixed] == [load_runs(first)[0]["run"]["dataset"], "celeba_small"]
 
 
 def test_duplicate_method_seed_is_refused(tmp_path: Path) -> None:

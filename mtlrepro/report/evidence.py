@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from mtlrepro.metrics import delta_p
+from mtlrepro.metrics import HIGHER, delta_p
 from mtlrepro.report import flatness_report, paper_figures, paper_tables, published, scorecard
 from mtlrepro.report.outputs import study_options
 from mtlrepro.report.runs import dataset_info, load_runs
@@ -132,9 +132,14 @@ def _noisy(runs: Sequence[Mapping[str, Any]]) -> set[str]:
 
 
 def sweep_frames(studies, runs) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """Clean-task performance per noise level, and last-epoch weights per task, from the noise sweeps."""
+    """Clean-task performance per noise level, and last-epoch weights per task, from the noise sweeps.
+
+    The claims' tests pair runs by (noise, seed) and the clean-task margin is in accuracy points, so the frames
+    take the sweeps whose clean tasks are scored by accuracy (the classification sweeps of ExcessMTL Figures
+    6-8); a sweep over regression tasks (SARCOS, Figure 9) has its figure but is not judged here yet.
+    """
     sweep_rows, weight_rows = [], []
-    stand_in = None
+    swept: set[str] = set()
     for study in _with_kind(studies, "noise_sweep"):
         mine = [r for r in runs if belongs(r, study)]
         if not mine:
@@ -142,24 +147,29 @@ def sweep_frames(studies, runs) -> tuple[dict[str, Any] | None, dict[str, Any] |
         noisy = _noisy(mine)
         directions = dataset_info(mine).directions
         clean = [task for task in directions if task not in noisy]
+        first = {task: next(iter(directions[task])) for task in directions}
+        accuracy = bool(clean) and all(first[task] == "acc" and directions[task]["acc"] == HIGHER for task in clean)
+        label = mine[0]["dataset"].get("stand_in")
         for record in mine:
             method, seed, level = record["run"]["method"], int(record["run"]["seed"]), paper_figures.noise_level(record)
-            first = {task: next(iter(directions[task])) for task in directions}
-            if clean:
-                value = sum(_final(record)[task][first[task]] for task in clean) / len(clean)
-                sweep_rows.append((method, level, seed, value))
+            if not accuracy:
+                continue
+            value = sum(_final(record)[task][first[task]] for task in clean) / len(clean)
+            sweep_rows.append((method, level, seed, value))
             weights = record["epochs"][-1].get("loss_weights") or record["epochs"][-1].get("grad_weights")
             for task, weight in (weights or {}).items():
                 weight_rows.append((method, seed, level, task, weight, task in noisy))
-            stand_in = stand_in or record["dataset"].get("stand_in")
+        if label and accuracy:
+            swept.add(label)
     sweep = None
     if sweep_rows:
         sweep = {"sweep": pd.DataFrame(sweep_rows, columns=["method", "noise", "seed", "clean_metric"])}
-        sweep["stand_in"] = stand_in
+        sweep["stand_in"] = "; ".join(sorted(swept)) or None
     weights = None
     if weight_rows:
         columns = ["method", "seed", "noise", "task", "weight", "noisy"]
-        weights = {"weights": pd.DataFrame(weight_rows, columns=columns), "stand_in": stand_in}
+        frame = pd.DataFrame(weight_rows, columns=columns)
+        weights = {"weights": frame, "stand_in": "; ".join(sorted(swept)) or None}
     return sweep, weights
 
 
@@ -224,7 +234,7 @@ def write_scorecard(
     out_md: str | os.PathLike[str],
 ) -> list[scorecard.Verdict]:
     """Judge every claim from the studies' records and write ``results/scorecard.md``; returns the verdicts."""
-    runs = load_runs(metrics) if metrics else []
+    runs = load_runs(metrics, one_dataset=False) if metrics else []
     flat = flatness_report.load_flatness(analyses) if analyses else []
     sweep, weights = sweep_frames(studies, runs)
     summaries = {

@@ -176,8 +176,9 @@ def _same_dataset(info: DatasetInfo, first: DatasetInfo, path: str, first_path: 
         raise DataError(f"{path}: 'dataset.stand_in' differs from that in {first_path}")
 
 
-def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Read and check run files, in the given order; all must come from one dataset.
+def load_runs(paths: Sequence[str | Path], *, one_dataset: bool = True) -> list[dict[str, Any]]:
+    """Read and check run files, in the given order; with ``one_dataset`` (a table or figure of one study) all
+    must come from one dataset, without it (the scorecard, over every study) any mix may.
 
     Returns the parsed files, each with an added ``"source"`` key (the path).
     Raises :class:`DataError` naming the file when one is missing, is not
@@ -197,7 +198,7 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
             raise DataError(f"{err}; {RERUN}") from None
         if first is None:
             first = info
-        else:
+        elif one_dataset:
             _same_dataset(info, first, str(path), source(runs[0]))
         runs.append({**data, "source": str(path)})
     return runs
