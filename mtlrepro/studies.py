@@ -162,15 +162,22 @@ def check_outputs(study: Mapping[str, Any], where: str) -> tuple[Mapping[str, An
 
 
 def dataset_sources(dataset: str) -> list[str]:
-    """Code files a dataset's cache depends on: its module, the dataset modules it uses, and the cache writer."""
+    """Code files a dataset's cache depends on: its module, the dataset modules it uses (transitively), and the
+    cache writer."""
     from mtlrepro import data, tasks
 
-    module = dataset_module(dataset)
-    files = {inspect.getfile(module), inspect.getfile(data), inspect.getfile(seeding), inspect.getfile(tasks)}
-    for value in vars(module).values():
-        owner = value if inspect.ismodule(value) else sys.modules.get(getattr(value, "__module__", None) or "")
-        if owner is not None and owner.__name__.startswith("mtlrepro.data.") and hasattr(owner, "__file__"):
-            files.add(inspect.getfile(owner))
+    files = {inspect.getfile(data), inspect.getfile(seeding), inspect.getfile(tasks)}
+    pending, seen = [dataset_module(dataset)], set()
+    while pending:
+        module = pending.pop()
+        if module.__name__ in seen:
+            continue
+        seen.add(module.__name__)
+        files.add(inspect.getfile(module))
+        for value in vars(module).values():
+            owner = value if inspect.ismodule(value) else sys.modules.get(getattr(value, "__module__", None) or "")
+            if owner is not None and owner.__name__.startswith("mtlrepro.data.") and hasattr(owner, "__file__"):
+                pending.append(owner)
     return sorted(files)
 
 
