@@ -148,3 +148,12 @@ def test_a_damaged_cache_is_one_data_error_naming_the_file_and_the_rebuild(tmp_p
 def test_a_missing_cache_says_how_to_build_it(tmp_path):
     with pytest.raises(DataError, match=r"data cache .*nope\.pt does not exist: build it \(rerun snakemake"):
         load("multi_digits", tmp_path / "nope.pt")
+
+
+def test_a_cache_depends_on_every_dataset_module_it_uses():
+    # office31 -> _office -> _images: a change in the shared image decoding must rebuild the cache
+    from mtlrepro.studies import dataset_sources
+
+    names = {path.rsplit("/", 1)[-1] for path in dataset_sources("office31")}
+    assert {"office31.py", "_office.py", "_images.py", "download.py", "__init__.py", "tasks.py"} <= names
+    assert "_render.py" in {path.rsplit("/", 1)[-1] for path in dataset_sources("street_scenes")}
