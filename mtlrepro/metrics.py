@@ -1,22 +1,16 @@
 """Task metrics and the relative improvement Delta_p of the RW paper.
 
 Every task declares its metrics with a direction ("higher" or "lower" is
-better). Classification accuracy is reported in percent, as in the papers.
+better); the metrics themselves are accumulated over whole evaluation sets by
+:mod:`mtlrepro.accumulators`. Percentages are in percent, as in the papers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from torch import Tensor
-
 HIGHER = "higher"
 LOWER = "lower"
-
-
-def correct_count(logits: Tensor, labels: Tensor) -> int:
-    """Number of top-1 correct predictions, for accumulating accuracy over batches."""
-    return int((logits.argmax(dim=1) == labels).sum().item())
 
 
 def delta_p(

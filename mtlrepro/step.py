@@ -24,6 +24,11 @@ Jacobian) and every head's own gradient; parameter-mode Jacobian rows are then
 ``(dz/dtheta)^T dl_t/dz``, one vector-Jacobian product per task through the
 encoder (the floor of one forward and T backward passes) written into one
 preallocated [T x D] matrix on the model's device. No value leaves the device.
+
+Multi-input problems (each task its own inputs) stack one batch per task;
+``rows[t]`` are task t's rows. Each task's rows pass the encoder on their own,
+and head t reads only its task's rows of z, so dl_t/dz is zero outside them and
+the parameter Jacobian is built by the same vector-Jacobian products.
 """
 
 from __future__ import annotations
