@@ -29,6 +29,7 @@ world coordinates), so that the image alone carries the information the targets 
 from __future__ import annotations
 
 import math
+import platform
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -471,3 +472,17 @@ def build_splits(
     if len(set().union(*used)) != sum(map(len, used)):
         raise DataError(f"{name}: two scenes share a seed (generation_seed={generation_seed}); change it")
     return splits
+
+
+def provenance(what: str, classes: Sequence[str], camera: str, sizes: Mapping[str, int], stand_in: str) -> dict:
+    """A scene stand-in's ``describe()``: the renderer and its library versions, classes, camera and split sizes."""
+    return {
+        "source": f"rendered by mtlrepro.data._render (numpy ray casting of seeded random {what})",
+        "numpy_version": np.__version__,
+        "torch_version": str(torch.__version__),
+        "python_version": platform.python_version(),
+        "classes": list(classes),
+        "camera": camera,
+        "n": dict(sizes),
+        "stand_in": stand_in,
+    }

@@ -21,7 +21,6 @@ so they share no scene and the val scenes play that carved-out part's role.
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +40,10 @@ from mtlrepro.data._render import (
     Surface,
     build_splits,
     hsv_albedo,
+    provenance,
     scale_crop_flip,
 )
+from mtlrepro.data.nyuv2 import CLASSES
 from mtlrepro.options import require
 from mtlrepro.tasks import Task
 
@@ -51,23 +52,8 @@ ENCODER = "small_dense"
 MULTI_INPUT = False
 STAND_IN = "stand-in for NYUv2 (RW paper Sec. 5.2): ray-cast synthetic rooms with exact targets, not the paper's data"
 
-#: NYUv2's 13 classes (Couprie et al., 2013), in the order MTAN's and LibMTL's label ids follow
-CLASSES = (
-    "bed",
-    "books",
-    "ceiling",
-    "chair",
-    "floor",
-    "furniture",
-    "objects",
-    "picture",
-    "sofa",
-    "table",
-    "tv",
-    "wall",
-    "window",
-)
-BED, BOOKS, CEILING, CHAIR, FLOOR, FURNITURE, OBJECTS, PICTURE, SOFA, TABLE, TV, WALL, WINDOW = range(13)
+#: NYUv2's 13 classes, in the order of its label ids (:data:`mtlrepro.data.nyuv2.CLASSES`)
+BED, BOOKS, CEILING, CHAIR, FLOOR, FURNITURE, OBJECTS, PICTURE, SOFA, TABLE, TV, WALL, WINDOW = range(len(CLASSES))
 
 TASKS = (
     Task("segmentation", "segmentation", n_classes=len(CLASSES), labels=CLASSES),
@@ -290,16 +276,14 @@ def build(options: Options, root: None = None) -> dict[str, Split]:
 
 def describe(options: Options, root: None = None) -> dict[str, object]:
     """Provenance: the renderer, library versions, classes, camera model and split sizes."""
-    return {
-        "source": "rendered by mtlrepro.data._render (numpy ray casting of seeded random rooms)",
-        "numpy_version": np.__version__,
-        "torch_version": str(torch.__version__),
-        "python_version": platform.python_version(),
-        "classes": list(CLASSES),
-        "camera": f"pinhole, focal {KINECT_FOCAL_640} px at 640 px width (NYUv2 Kinect), scaled to {options.width}",
-        "n": {split: _size(options, split) for split in SPLITS},
-        "stand_in": STAND_IN,
-    }
+    sizes = {split: _size(options, split) for split in SPLITS}
+    return provenance(
+        "rooms",
+        CLASSES,
+        f"pinhole, focal {KINECT_FOCAL_640} px at 640 px width (NYUv2 Kinect), scaled to {options.width}",
+        sizes,
+        STAND_IN,
+    )
 
 
 def augment(x: Tensor, y: tuple[Tensor, ...], generator: torch.Generator) -> tuple[Tensor, tuple[Tensor, ...]]:

@@ -21,7 +21,6 @@ no scene; the val split plays the role of the seeded part of train the real modu
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +41,7 @@ from mtlrepro.data._render import (
     Surface,
     build_splits,
     hsv_albedo,
+    provenance,
     scale_crop_flip,
 )
 from mtlrepro.options import require
@@ -205,16 +205,14 @@ def build(options: Options, root: None = None) -> dict[str, Split]:
 
 def describe(options: Options, root: None = None) -> dict[str, object]:
     """Provenance: the renderer, library versions, classes, camera model and split sizes."""
-    return {
-        "source": "rendered by mtlrepro.data._render (numpy ray casting of seeded random streets)",
-        "numpy_version": np.__version__,
-        "torch_version": str(torch.__version__),
-        "python_version": platform.python_version(),
-        "classes": list(CLASSES),
-        "camera": f"pinhole, focal {CITYSCAPES_FOCAL_2048} px at 2048 px width (CityScapes), scaled to {options.width}",
-        "n": {split: _size(options, split) for split in SPLITS},
-        "stand_in": STAND_IN,
-    }
+    sizes = {split: _size(options, split) for split in SPLITS}
+    return provenance(
+        "streets",
+        CLASSES,
+        f"pinhole, focal {CITYSCAPES_FOCAL_2048} px at 2048 px width (CityScapes), scaled to {options.width}",
+        sizes,
+        STAND_IN,
+    )
 
 
 def augment(x: Tensor, y: tuple[Tensor, ...], generator: torch.Generator) -> tuple[Tensor, tuple[Tensor, ...]]:
