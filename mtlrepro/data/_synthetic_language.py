@@ -61,6 +61,10 @@ INVENTORY: dict[str, tuple[int, int]] = {
 }
 #: most words of one sentence: NP (3) + verb + NP (3) + adverb + PP (1 + 3) + period
 MAX_WORDS = 13
+#: in the tagging stand-in, verb concepts below this index are spelled, in their first wording, as the noun of
+#: the same index (English "run", "book"): their tag follows from the word's place in the sentence, not from the
+#: word alone, as UD-POS's noun/verb homographs do
+HOMOGRAPHS = 6
 
 
 @dataclass(frozen=True)
@@ -226,12 +230,19 @@ def random_style(meaning: Meaning, rng: np.random.Generator) -> Style:
     return Style(synonyms, bool(rng.random() < 0.5), bool(rng.random() < 0.5))
 
 
-def realize(meaning: Meaning, style: Style, code: str, seed: int) -> list[tuple[str, str]]:
-    """The sentence (word, UPOS tag) expressing ``meaning`` in language ``code`` worded by ``style``."""
+def realize(meaning: Meaning, style: Style, code: str, seed: int, homographs: bool = False) -> list[tuple[str, str]]:
+    """The sentence (word, UPOS tag) expressing ``meaning`` in language ``code`` worded by ``style``.
+
+    With ``homographs``, a verb below :data:`HOMOGRAPHS` in its first wording is spelled as the noun of the same
+    index (its tag stays VERB).
+    """
     language, words = LANGUAGES[code], lexicon(code, seed)
 
     def word(category: str, concept: int) -> tuple[str, str]:
-        return words[category][concept][style.synonyms.get((category, concept), 0)], category
+        synonym = style.synonyms.get((category, concept), 0)
+        if homographs and category == "VERB" and concept < HOMOGRAPHS and synonym == 0:
+            return words["NOUN"][concept][0], category
+        return words[category][concept][synonym], category
 
     def noun_phrase(np_: NounPhrase) -> list[tuple[str, str]]:
         if len(np_) == 1:
@@ -344,7 +355,7 @@ def build_tagging(
     ids = {w: i for i, w in enumerate(tokens)}
 
     def make(meaning: Meaning, rng: np.random.Generator, code: str) -> Row:
-        sentence = realize(meaning, random_style(meaning, rng), code, seed)
+        sentence = realize(meaning, random_style(meaning, rng), code, seed, homographs=True)
         x = encode([[w for w, _ in sentence]], ids, length)
         y = torch.full((length,), IGNORE, dtype=torch.int16)
         y[1 : 1 + len(sentence)] = torch.tensor([TAG_ID[t] for _, t in sentence], dtype=torch.int16)
