@@ -206,8 +206,10 @@ def expand(config: Mapping[str, Any]) -> dict[str, Study]:
     """
     datasets_cfg = config.get("datasets") or {}
     config_entries = config.get("methods") or {}
-    for name in datasets_cfg:
-        dataset_module(name)  # unknown dataset keys are errors too
+    for name, entry in datasets_cfg.items():
+        module = dataset_module(name)  # unknown dataset keys are errors too
+        if (entry or {}).get("path") is not None and not getattr(module, "SOURCES", ()):
+            raise ConfigError(f"datasets.{name}.path: {name} is generated, not read from files; remove the key")
     studies = {}
     for name, study in config["studies"].items():
         where = f"studies.{name}"

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from conftest import REPO, copy_workflow, small_config, snakemake
+from fixtures.sarcos import write_sarcos
 
 pytestmark = pytest.mark.workflow
 
@@ -215,3 +216,46 @@ def test_shipped_configs_build_their_whole_dag(configfile):
     result = snakemake(REPO, "-n", "--cores", "1", "--configfile", configfile)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "scorecard" in result.stdout and "study_twin" in result.stdout
+
+
+def test_data_already_on_disk_is_read_from_its_path_and_a_generated_one_refuses_a_path(tmp_path):
+    # SARCOS's two .mat files in a folder of the user's: the prepare job reads them there (no download, no
+    # resources/raw/), a noise sweep on two joints trains on them, and its figure is drawn
+    workdir = tmp_path / "project"
+    workdir.mkdir()
+    copy_workflow(workdir)
+    raw = tmp_path / "my-sarcos"
+    write_sarcos(raw, n_train=120, n_test=30)
+    config = {
+        "datasets": {
+            "sarcos": {
+                "path": str(raw),
+                "training": {"epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 0.001},
+            }
+        },
+        "methods": {"ew": {}},
+        "studies": {
+            "sweep": {
+                "paper": "excess_mtl",
+                "dataset": "sarcos",
+                "methods": ["ew", "excess_mtl"],
+                "seeds": [0],
+                "noise": [{}, {"joint1": 0.5, "joint2": 0.5}],
+                "outputs": ["noise_sweep"],
+            }
+        },
+    }
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (workdir / "results/figures/excess_mtl/sweep/noise_sweep.png").stat().st_size > 0
+    assert not (workdir / "resources" / "raw").exists()
+    record = json.loads((workdir / "results/runs/sarcos/hps/ew/joint10.5_joint20.5/seed0/metrics.json").read_text())
+    assert set(record["dataset"]["noise"]) == {"joint1", "joint2"}
+    assert record["dataset"]["sizes"]["test"] == 30
+
+    config["datasets"]["multi_digits"] = {"path": str(raw)}
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    refused = snakemake(workdir, "-n", "--cores", "1")
+    assert refused.returncode != 0
+    assert "datasets.multi_digits.path: multi_digits is generated" in refused.stdout + refused.stderr
