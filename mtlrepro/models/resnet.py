@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import ResNet18_Weights, resnet18
+from torchvision.models import ResNet18_Weights, WeightsEnum, resnet18
 
 from mtlrepro.errors import ConfigError
 
@@ -32,36 +33,39 @@ WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
 REP_DIM = 512
 
 
-def default_weights_file() -> Path:
-    """Where torchvision caches :data:`WEIGHTS` (``torch.hub.get_dir()/checkpoints/<file name of the URL>``)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(WEIGHTS.url).name
+def default_weights_file(weights: WeightsEnum = WEIGHTS) -> Path:
+    """Where torchvision caches ``weights`` (``torch.hub.get_dir()/checkpoints/<file name of the URL>``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
 
-def _how_to_provide(path: Path) -> str:
+def _how_to_provide(path: Path, weights: WeightsEnum, builder: str) -> str:
     return (
-        f"on a connected machine run `python -c \"import torchvision; torchvision.models.resnet18(weights='"
-        f"IMAGENET1K_V1')\"` and copy {Path(WEIGHTS.url).name} to {path}, or give the file's path as the "
+        f"on a connected machine run `python -c \"import torchvision; torchvision.models.{builder}(weights='"
+        f"{weights.name}')\"` and copy {Path(weights.url).name} to {path}, or give the file's path as the "
         "encoder's `weights`, or train from scratch with `pretrained: false`"
     )
 
 
-def load_pretrained(path: Path | None = None) -> dict[str, Tensor]:
-    """The ImageNet state dict of ResNet-18 from ``path`` (default :func:`default_weights_file`); no download.
+def load_pretrained(
+    path: Path | None = None, *, weights: WeightsEnum = WEIGHTS, build: Callable[[], nn.Module] = resnet18
+) -> dict[str, Tensor]:
+    """The ImageNet state dict ``weights`` of the network ``build()`` makes, read from ``path`` (default
+    :func:`default_weights_file`); never downloaded.
 
-    :class:`ConfigError` naming the file when it is missing or is not a ResNet-18 state dict.
+    :class:`ConfigError` naming the file when it is missing or is not a state dict of that network.
     """
-    path = Path(path) if path is not None else default_weights_file()
+    path = Path(path) if path is not None else default_weights_file(weights)
+    builder = getattr(build, "__name__", "resnet")
+    how = _how_to_provide(path, weights, builder)
     if not path.is_file():
-        raise ConfigError(f"pretrained ResNet-18 weights {path} do not exist: {_how_to_provide(path)}")
+        raise ConfigError(f"pretrained {builder} weights {path} do not exist: {how}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise ConfigError(
-            f"pretrained ResNet-18 weights {path} cannot be read ({type(err).__name__}): {_how_to_provide(path)}"
-        ) from None
-    expected = set(resnet18().state_dict())
+        raise ConfigError(f"pretrained {builder} weights {path} cannot be read ({type(err).__name__}): {how}") from None
+    expected = set(build().state_dict())
     if not isinstance(state, dict) or set(state) != expected:
-        raise ConfigError(f"{path} is not a state dict of torchvision's resnet18: {_how_to_provide(path)}")
+        raise ConfigError(f"{path} is not a state dict of torchvision's {builder}: {how}")
     return state
 
 
