@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mtlrepro.models.heads import make_head
-from mtlrepro.models.segnet import SegNetEncoder
+from mtlrepro.models.segnet import SegNetEncoder, unpool2x2
 from mtlrepro.tasks import Task
 
 
@@ -34,6 +34,20 @@ def test_the_decoder_unpools_to_the_positions_the_encoder_pooled_from():
     unpooled = seen["unpooled"]  # the first unpooling of the 1x1 bottleneck back to 2x2
     assert unpooled.shape[-2:] == (2, 2)
     assert bool(((unpooled != 0).sum(dim=(-2, -1)) <= 1).all())  # one nonzero per channel: the pooled maximum
+
+
+def test_unpooling_matches_pytorchs_max_unpool_and_runs_in_deterministic_mode():
+    x = torch.randn(2, 3, 8, 12)
+    pooled, index = torch.nn.MaxPool2d(2, stride=2, return_indices=True)(x)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)  # PyTorch's own unpooling refuses deterministic mode
+    try:
+        expected = torch.nn.MaxUnpool2d(2, stride=2)(pooled, index, output_size=x.shape[-2:])
+        assert torch.equal(unpool2x2(pooled, index, 12), expected)
+        torch.use_deterministic_algorithms(True)
+        SegNetEncoder.for_input((1, 16, 16))(torch.rand(2, 1, 16, 16)).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 @pytest.mark.parametrize("shape", [(3, 30, 48), (3, 32)])
